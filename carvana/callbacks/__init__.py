@@ -1,0 +1,6 @@
+"""Lightning callbacks of the training stage."""
+
+from carvana.callbacks.fold_score import FoldScore
+from carvana.callbacks.wandb_validation import WandbValidation
+
+__all__ = ["FoldScore", "WandbValidation"]

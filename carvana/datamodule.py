@@ -1,0 +1,105 @@
+"""LightningDataModule: one fold of the car-grouped split, with geometry and augmentation from config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import albumentations as A
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from carvana import folds, synthetic
+from carvana.dataset import CarvanaDataset, Sample, train_samples
+from carvana.errors import CarvanaError
+from carvana.geometry import Geometry
+
+log = logging.getLogger(__name__)
+
+
+class CarvanaDataModule(pl.LightningDataModule):
+    """Train on every fold but ``fold``, validate on ``fold`` at the original resolution.
+
+    ``root=None`` selects the embedded synthetic dataset, generated into ``cache_dir`` on first use.
+    """
+
+    def __init__(
+        self,
+        root: str | None,
+        fold: int,
+        n_folds: int,
+        geometry: Geometry,
+        augment: Mapping[str, A.BasicTransform] | None,
+        cache_dir: str,
+        folds_file: str | None = None,
+        images_dir: str = "train",
+        synthetic: Mapping[str, int] | None = None,
+        batch_size: int = 4,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+    ):
+        super().__init__()
+        if not 0 <= fold < n_folds:
+            raise CarvanaError(f"fold={fold}: must be in 0..{n_folds - 1} (n_folds={n_folds})")
+        self.synthetic = None if root else dict(synthetic or {})
+        self.root = Path(root) if root else Path(cache_dir) / "synthetic"
+        self.fold, self.n_folds = fold, n_folds
+        self.geometry = geometry
+        self.augment = list((augment or {}).values())
+        self.cache_dir = cache_dir
+        self.folds_file = Path(folds_file) if folds_file else None
+        self.images_dir = images_dir
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.train_set: CarvanaDataset | None = None
+        self.val_set: CarvanaDataset | None = None
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            synthetic.ensure(self.root, **self.synthetic)
+
+    def split(self, samples: list[Sample]) -> dict[str, int]:
+        """The car -> fold table: reused from ``folds_file`` when it exists (a resumed run), else built."""
+        cars = {s.car for s in samples}
+        if self.folds_file and self.folds_file.is_file():
+            table = folds.read(self.folds_file)
+            if set(table) != cars:
+                raise CarvanaError(f"{self.folds_file}: lists other cars than {self.root / self.images_dir}")
+            return table
+        table = folds.assign(folds.car_areas(samples, self.cache_dir), self.n_folds)
+        if self.folds_file:
+            folds.write(self.folds_file, table)
+        return table
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        samples = train_samples(self.root, self.images_dir)
+        table = self.split(samples)
+        train: list[Sample] = [s for s in samples if table[s.car] != self.fold]
+        val: list[Sample] = [s for s in samples if table[s.car] == self.fold]
+        log.info(
+            "fold %d: %d train and %d validation images from %s", self.fold, len(train), len(val), self.root
+        )
+        self.train_set = CarvanaDataset(train, A.Compose([*self.geometry.train(), *self.augment]))
+        self.val_set = CarvanaDataset(val, A.Compose(self.geometry.eval()), transform_mask=False)
+
+    def _loader(self, dataset: CarvanaDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False)

@@ -1,0 +1,81 @@
+"""The training LightningModule: any smp-style network, loss on logits, the competition metric."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.functional.classification import binary_f1_score
+
+from carvana.geometry import Geometry
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def per_image_dice(probs: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Dice of every image in a batch, 1 when prediction and truth are both empty (Kaggle's rule)."""
+    return binary_f1_score(
+        probs.flatten(1),
+        target.flatten(1),
+        threshold=threshold,
+        multidim_average="samplewise",
+        zero_division=1,
+    )
+
+
+class SegmentationModule(pl.LightningModule):
+    """Binary car masks. Batches arrive as uint8 NHWC and are normalised here, on the device.
+
+    ``val/dice`` is the mean per-image Dice at each image's original resolution: the network output is
+    restored (padding cropped, resizing undone) before it is compared with the untouched mask.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        geometry: Geometry,
+        mean: Sequence[float],
+        std: Sequence[float],
+        scheduler: SchedulerFactory | None = None,
+        threshold: float = 0.5,
+    ):
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.geometry, self.threshold = geometry, threshold
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+        self.val_dice = MeanMetric()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 1, H, W) of a uint8 (N, H, W, C) batch on the network's grid."""
+        x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        return self.net(x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), batch["mask"].float())
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["mask"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        target = batch["mask"]
+        logits = self.geometry.restore(self(batch["image"]), *target.shape[-2:])
+        loss = self.loss(logits, target.float())
+        probs = logits.sigmoid()
+        self.val_dice.update(per_image_dice(probs, target, self.threshold))
+        self.log("val/loss", loss, sync_dist=True, batch_size=len(target))
+        self.log("val/dice", self.val_dice, prog_bar=True)
+        return {"loss": loss, "probs": probs}
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/dice"}}

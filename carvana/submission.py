@@ -1,0 +1,247 @@
+"""Kaggle submission files: written from a prediction folder, and checked before upload.
+
+The prediction folder holds one ``<image_id>.png`` per test image: 8-bit grayscale probabilities (v means
+v/255) at the image's original resolution, ``image_id`` being the stem of the sample's ``img`` column.
+A full submission is 100,064 rows of about 12 kB each, so rows are streamed in sample order from worker
+processes, and the file only appears under its final name once it is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gzip
+import io
+import math
+import multiprocessing
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+
+from carvana import rle
+from carvana.errors import CarvanaError
+
+HEADER = "img,rle_mask"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+Postprocess = Callable[[np.ndarray], np.ndarray]
+
+
+def _open_text(path: Path, what: str) -> IO[str]:
+    """Text reader for a .csv or gzip-compressed file (told apart by content, not name)."""
+    try:
+        with open(path, "rb") as raw:
+            magic = raw.read(2)
+        if magic == _GZIP_MAGIC:
+            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline=None)
+        return open(path, encoding="utf-8", newline=None)
+    except OSError as err:
+        raise CarvanaError(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def _csv_rows(path: Path, what: str) -> Iterator[IO[str]]:
+    """The lines after a checked ``img,rle_mask`` header; read errors become a one-line CarvanaError."""
+    with _open_text(path, what) as f:
+        try:
+            header = f.readline().rstrip("\n")
+            if header != HEADER:
+                raise CarvanaError(f"{path}: header is {header[:60]!r}, expected {HEADER!r}")
+            yield f
+        except (OSError, EOFError, UnicodeDecodeError) as err:
+            raise CarvanaError(f"cannot read {what} {path}: {err}") from None
+
+
+def read_sample(path: str | os.PathLike) -> list[str]:
+    """The ``img`` column of a sample submission, in its order (the order Kaggle expects the rows in)."""
+    with _csv_rows(Path(path), "sample submission") as f:
+        lines = f.read().splitlines()
+    return [line.partition(",")[0] for line in lines if line]
+
+
+def _png_name(img: str) -> str:
+    return Path(img).stem + ".png"
+
+
+# (cutoff, postprocess, shape): mask = png > cutoff, then postprocess; shape (H, W) is enforced when set.
+Settings = tuple[int, Postprocess | None, tuple[int, int] | None]
+_worker_settings: Settings | None = None
+
+
+def _encode_png(path: str, settings: Settings) -> str:
+    """RLE of one prediction PNG."""
+    cutoff, postprocess, shape = settings
+    prob = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if prob is None:
+        raise CarvanaError(f"cannot read prediction {path} as an image")
+    if shape is not None and prob.shape != shape:
+        raise CarvanaError(f"prediction {path} is {prob.shape[1]}x{prob.shape[0]}, expected "
+                           f"{shape[1]}x{shape[0]} (the original image size)")
+    mask = prob > np.uint8(cutoff)
+    if postprocess is not None:
+        out = np.asarray(postprocess(mask))
+        if out.shape != mask.shape:
+            raise CarvanaError(f"postprocess turned the {mask.shape} mask of {path} into shape {out.shape}")
+        mask = out
+    return rle.encode(mask)
+
+
+def _init_worker(settings: Settings) -> None:
+    """Pool initializer: settings travel once per process instead of once per task."""
+    global _worker_settings
+    _worker_settings = settings
+
+
+def _encode_png_in_worker(path: str) -> str:
+    assert _worker_settings is not None, "_init_worker did not run"
+    return _encode_png(path, _worker_settings)
+
+
+def write(
+    pred_dir: str | os.PathLike,
+    sample_submission: str | os.PathLike,
+    out: str | os.PathLike,
+    threshold: float = 0.5,
+    postprocess: Postprocess | None = None,
+    subset: bool = False,
+    workers: int = 0,
+    compress: bool = False,
+    shape: tuple[int, int] | None = None,
+) -> Path:
+    """Write the submission for ``pred_dir`` in sample order, atomically; returns ``out``.
+
+    mask = png > threshold*255, then ``postprocess(mask)`` (a module-level function when workers > 1, so
+    that start methods other than fork can pickle it). ``subset`` writes only the rows that have a PNG
+    instead of failing when one is missing; ``shape`` (H, W), when given, is enforced on every PNG;
+    ``workers=0`` uses every CPU, 1 encodes in this process; ``compress`` writes gzip to an ``out`` ending
+    in .gz.
+    """
+    pred_dir, sample_submission, out = Path(pred_dir), Path(sample_submission), Path(out)
+    if not 0.0 <= threshold <= 1.0:
+        raise CarvanaError(f"threshold must be in [0, 1], got {threshold}")
+    if workers < 0:
+        raise CarvanaError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
+    if compress != out.name.endswith(".gz"):
+        raise CarvanaError(f"output {out} must end in .gz exactly when compress is set (compress={compress})")
+    if not pred_dir.is_dir():
+        raise CarvanaError(f"prediction folder {pred_dir} does not exist")
+    images = read_sample(sample_submission)
+    present = {entry.name for entry in os.scandir(pred_dir)}
+    found = [_png_name(img) in present for img in images]
+    rows = [img for img, ok in zip(images, found, strict=True) if ok]
+    missing = [Path(img).stem for img, ok in zip(images, found, strict=True) if not ok]
+    if missing and not subset:
+        raise CarvanaError(f"{len(missing)} of {len(images)} images in {sample_submission.name} have no "
+                           f"prediction in {pred_dir}, first: {', '.join(missing[:3])} (subset=True writes "
+                           "only the rows present)")
+    if not rows:
+        raise CarvanaError(f"no prediction in {pred_dir} matches an image of {sample_submission.name}")
+    workers = min(workers or os.cpu_count() or 1, len(rows))
+    settings: Settings = (math.floor(threshold * 255), postprocess, shape)
+    paths = [str(pred_dir / _png_name(img)) for img in rows]
+
+    # Same folder, so os.replace is atomic; opened with "x" rather than mkstemp to keep umask permissions.
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(open(tmp, "xb"))
+            if compress:  # mtime=0 and a fixed inner name keep the gzip bytes reproducible
+                raw = stack.enter_context(gzip.GzipFile(out.name[:-3], "wb", 6, raw, mtime=0))
+            text = stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8", newline="\n"))
+            if workers == 1:
+                encoded = map(functools.partial(_encode_png, settings=settings), paths)
+            else:
+                pool = stack.enter_context(multiprocessing.Pool(workers, _init_worker, (settings,)))
+                chunksize = max(1, min(32, len(paths) // (workers * 4)))
+                encoded = pool.imap(_encode_png_in_worker, paths, chunksize=chunksize)
+            text.write(HEADER + "\n")
+            for img, row_rle in zip(rows, encoded, strict=True):
+                text.write(f"{img},{row_rle}\n")
+        os.replace(tmp, out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CarvanaError(f"cannot write {out}: {err.strerror or err}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def check(
+    path: str | os.PathLike, sample_submission: str | os.PathLike, shape: tuple[int, int] = rle.SHAPE
+) -> int:
+    """Validate a submission (.csv or .csv.gz) against the sample; returns its row count.
+
+    Checks the header, that the ``img`` column equals the sample's row for row, and every RLE; the
+    CarvanaError names the first row at fault, which Kaggle's own rejection does not.
+    """
+    path, sample_name = Path(path), Path(sample_submission).name
+    images = read_sample(sample_submission)
+    count = 0
+    with _csv_rows(path, "submission") as f:
+        for count, line in enumerate(f, 1):
+            img, comma, encoded = line.rstrip("\n").partition(",")
+            if count > len(images):
+                raise CarvanaError(f"{path.name}: row {count} ({img[:60]}) is past the {len(images)} rows "
+                                   f"of {sample_name}")
+            if img != images[count - 1]:
+                raise CarvanaError(f"{path.name}: row {count} is {img[:60]!r}, {sample_name} has "
+                                   f"{images[count - 1]!r} there")
+            if not comma:
+                raise CarvanaError(f"{path.name}: row {count} ({img}) has no rle_mask column")
+            reason = rle.validate(encoded, shape)
+            if reason is not None:
+                raise CarvanaError(f"{path.name}: row {count} ({img}): bad RLE, {reason}")
+    if count < len(images):
+        raise CarvanaError(f"{path.name}: {count} rows, {sample_name} has {len(images)}; first missing: "
+                           f"row {count + 1} ({images[count]})")
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``check FILE --sample S`` or ``write PRED_DIR --sample S --out FILE``; 2 on a CarvanaError."""
+    parser = argparse.ArgumentParser(prog="python -m carvana.submission", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    chk = commands.add_parser("check", help="validate a submission file against the sample submission")
+    chk.add_argument("file", type=Path)
+    chk.add_argument("--sample", type=Path, required=True, help="sample_submission.csv (row order)")
+    chk.add_argument("--height", type=int, default=rle.SHAPE[0])
+    chk.add_argument("--width", type=int, default=rle.SHAPE[1])
+    wrt = commands.add_parser("write", help="write a submission from a folder of probability PNGs")
+    wrt.add_argument("pred_dir", type=Path)
+    wrt.add_argument("--sample", type=Path, required=True, help="sample_submission.csv (row order)")
+    wrt.add_argument("--out", type=Path, required=True)
+    wrt.add_argument("--threshold", type=float, default=0.5)
+    wrt.add_argument("--subset", action="store_true", help="write only the rows that have a PNG")
+    wrt.add_argument("--workers", type=int, default=0, help="processes; 0 = one per CPU")
+    wrt.add_argument("--gzip", action="store_true", help="gzip the output (name it .csv.gz)")
+    wrt.add_argument("--height", type=int, help="enforce this PNG height (with --width)")
+    wrt.add_argument("--width", type=int, help="enforce this PNG width (with --height)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            rows = check(args.file, args.sample, (args.height, args.width))
+            print(f"{args.file.name}: OK, {rows} rows")
+        else:
+            if (args.height is None) != (args.width is None):
+                raise CarvanaError("--height and --width go together")
+            shape = None if args.height is None else (args.height, args.width)
+            out = write(args.pred_dir, args.sample, args.out, threshold=args.threshold, subset=args.subset,
+                        workers=args.workers, compress=args.gzip, shape=shape)
+            print(f"{out.name}: written")
+    except CarvanaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Train one fold: ``python train.py model=linknet34 fold=2`` (``-m`` for sweeps). See README.md."""
+
+import hydra
+from omegaconf import DictConfig
+
+from carvana.cli import run
+from carvana.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
