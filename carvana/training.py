@@ -57,7 +57,8 @@ def train(cfg: DictConfig) -> float | None:
 
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     report = {
-        "checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
+        "best": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
+        "last": last if last.is_file() else None,
         "folds": output_dir / "folds.csv",
         "fold score": output_dir / "fold_score.json",
     }
