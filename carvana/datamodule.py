@@ -23,6 +23,8 @@ class CarvanaDataModule(pl.LightningDataModule):
     """Train on every fold but ``fold``, validate on ``fold`` at the original resolution.
 
     ``root=None`` selects the embedded synthetic dataset, generated into ``cache_dir`` on first use.
+    ``pseudo_root`` is a Kaggle-layout folder of pseudo-labelled test images (``carvana.pseudo``): every fold
+    trains on all of them and validates on none.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         folds_file: str | None = None,
         images_dir: str = "train",
         synthetic: Mapping[str, int] | None = None,
+        pseudo_root: str | None = None,
         batch_size: int = 4,
         val_batch_size: int | None = None,
         num_workers: int = 2,
@@ -51,6 +54,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.folds_file = Path(folds_file) if folds_file else None
         self.images_dir = images_dir
+        self.pseudo_root = Path(pseudo_root) if pseudo_root else None
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -81,6 +85,13 @@ class CarvanaDataModule(pl.LightningDataModule):
         table = self.split(samples)
         train: list[Sample] = [s for s in samples if table[s.car] != self.fold]
         val: list[Sample] = [s for s in samples if table[s.car] == self.fold]
+        if self.pseudo_root:
+            pseudo = train_samples(self.pseudo_root)
+            shared = sorted({s.car for s in pseudo} & set(table))
+            if shared:
+                raise CarvanaError(f"data.pseudo_root={self.pseudo_root}: holds training car {shared[0]}")
+            train += pseudo
+            log.info("fold %d: %d pseudo-labelled images from %s", self.fold, len(pseudo), self.pseudo_root)
         log.info(
             "fold %d: %d train and %d validation images from %s", self.fold, len(train), len(val), self.root
         )

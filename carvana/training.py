@@ -7,9 +7,11 @@ import secrets
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from carvana.errors import CarvanaError
 from carvana.instantiate import build_model, instantiate
 from carvana.io import atomic_write_text
 
@@ -30,6 +32,19 @@ def build_logger(cfg: DictConfig | None, output_dir: Path) -> Logger | None:
     if not cfg:
         return None
     return instantiate(cfg, id=wandb_id(output_dir)) if "id" in cfg else instantiate(cfg)
+
+
+def init_weights(module: pl.LightningModule, checkpoint: str) -> None:
+    """Start from another run's weights (optimizer and schedule start afresh)."""
+    if not Path(checkpoint).is_file():
+        raise CarvanaError(f"init_from={checkpoint}: no such checkpoint")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        model = type(module.net).__name__
+        raise CarvanaError(f"init_from={checkpoint}: its weights do not fit this {model}") from error
+    log.info("network initialised from %s", checkpoint)
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -53,6 +68,8 @@ def train(cfg: DictConfig) -> float | None:
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         log.info("resuming from %s", last)
+    elif cfg.get("init_from"):
+        init_weights(module, cfg.init_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None)
 
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None

@@ -1,45 +1,18 @@
-"""`python train.py` end to end in a subprocess: real Hydra composition, Trainer, files on disk, W&B offline."""
+"""`python train.py` end to end in a subprocess: real Hydra composition and Trainer, files on disk, W&B."""
 
 import csv
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from runs import train
 from wandb_records import records, run_info, summary
 
 from carvana.dataset import train_samples
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "trainer=cpu",
-    "model.encoder_weights=null",
-    "trainer.max_epochs=1",
-    "data.synthetic.cars=5",
-    "data.synthetic.test_cars=1",
-    "data.synthetic.width=100",  # not a multiple of 32: padding is exercised and undone
-    "data.synthetic.height=70",
-    "data.batch_size=8",
-    "data.num_workers=0",
-]
-
-
-def train(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "train.py",
-        f"paths.output_root={tmp_path / 'outputs'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        *TINY,
-        *overrides,
-    ]
-    environ = {**os.environ, **(env or {})}
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environ, timeout=600)
 
 
 def wandb_logs(run_dir: Path) -> list[Path]:
@@ -122,7 +95,9 @@ def test_crop_training_with_csv_logger(tmp_path):
     (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
     dice = [float(r["val/dice"]) for r in rows if r.get("val/dice")]
-    assert len(dice) == 1 and dice[0] == pytest.approx(json.loads((run_dir / "fold_score.json").read_text())["best"])
+    assert len(dice) == 1 and dice[0] == pytest.approx(
+        json.loads((run_dir / "fold_score.json").read_text())["best"]
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
