@@ -1,6 +1,8 @@
 """Shared fixtures: the real competition files beside the checkout, and W&B kept offline."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,19 @@ def _wandb_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """The run folder of a real ``train.py`` run: LinkNet-18, one epoch on 90x60 synthetic cars (padded to
+    96x64), 16 test images; shared by the prediction and OOF tests, which copy it before writing into it."""
+    root = tmp_path_factory.mktemp("trained")
+    overrides = [
+        "+experiment=quickstart", f"paths.output_root={root}/outputs", f"paths.cache_dir={root}/cache",
+        "model=linknet18", "data.synthetic.cars=5", "data.synthetic.test_cars=1", "data.synthetic.width=90",
+        "data.synthetic.height=60", "data.geometry.mode=pad", "data.num_workers=0", "trainer.max_epochs=1",
+        "logger=none", "fold=0",
+    ]  # fmt: skip
+    done = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "outputs" / "quickstart" / "fold0"
