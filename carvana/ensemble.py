@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carvana.errors import CarvanaError
+from carvana.errors import CarvanaError, check_folder, check_workers, report
 from carvana.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,10 @@ def _combine(image_id: str, settings: Settings) -> str:
         if acc is None:
             acc, shape_of = np.zeros(prob.shape, np.float32), path
         elif prob.shape != acc.shape:
-            raise CarvanaError(f"{image_id}: {path} is {prob.shape[1]}x{prob.shape[0]}, {shape_of} is "
-                               f"{acc.shape[1]}x{acc.shape[0]}")
+            raise CarvanaError(
+                f"{image_id}: {path} is {prob.shape[1]}x{prob.shape[0]}, {shape_of} is "
+                f"{acc.shape[1]}x{acc.shape[0]}"
+            )
         acc += (prob >= VOTE_CUTOFF if vote else prob) * np.float32(weight)
     assert acc is not None
     if vote:
@@ -104,12 +106,10 @@ def average(
     out = Path(out)
     if not folders:
         raise CarvanaError("no input prediction folder")
-    if workers < 0:
-        raise CarvanaError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
+    check_workers(workers)
     norm = _weights(weights, len(folders))
     for folder in folders:
-        if not folder.is_dir():
-            raise CarvanaError(f"prediction folder {folder} does not exist")
+        check_folder(folder, "prediction folder")
         if out.resolve() == folder.resolve():
             raise CarvanaError(f"output folder {out} is also an input")
 
@@ -120,21 +120,31 @@ def average(
         present = {entry.name for entry in os.scandir(folder)}
         missing = [image_id for image_id in ids if f"{image_id}.png" not in present]
         if missing and not subset:
-            raise CarvanaError(f"{len(missing)} of {len(ids)} images of {folders[0]} are missing from "
-                               f"{folder}, first: {missing[0]} (subset=True keeps the images all have)")
+            raise CarvanaError(
+                f"{len(missing)} of {len(ids)} images of {folders[0]} are missing from "
+                f"{folder}, first: {missing[0]} (subset=True keeps the images all have)"
+            )
         ids = [image_id for image_id in ids if f"{image_id}.png" in present]
     if not ids:
         raise CarvanaError(f"the folders {', '.join(map(str, folders))} share no image")
 
-    manifest = {"stage": "ensemble", "inputs": [str(folder.resolve()) for folder in folders],
-                "weights": list(norm), "vote": vote, "subset": subset, "images": len(ids)}
+    manifest = {
+        "stage": "ensemble",
+        "inputs": [str(folder.resolve()) for folder in folders],
+        "weights": list(norm),
+        "vote": vote,
+        "subset": subset,
+        "images": len(ids),
+    }
     previous = out / MANIFEST
     if previous.is_file():
         old = _read_manifest(out)
         keys = ("inputs", "weights", "vote")
         if not isinstance(old, dict) or any(old.get(key) != manifest[key] for key in keys):
-            raise CarvanaError(f"{out} already holds other predictions ({previous}); write the ensemble to a "
-                               "new folder or delete that one")
+            raise CarvanaError(
+                f"{out} already holds other predictions ({previous}); write the ensemble to a "
+                "new folder or delete that one"
+            )
     out.mkdir(parents=True, exist_ok=True)
     done = {entry.name for entry in os.scandir(out)}
     todo = [image_id for image_id in ids if f"{image_id}.png" not in done]
@@ -167,13 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="processes; 0 = one per CPU")
     parser.add_argument("--subset", action="store_true", help="only the images every input has")
     args = parser.parse_args(argv)
-    try:
+
+    def action() -> str:
         out = average(args.inputs, args.out, args.weights, args.vote, args.workers, args.subset)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{out}: ensemble of {len(args.inputs)} folders written")
-    return 0
+        return f"{out}: ensemble of {len(args.inputs)} folders written"
+
+    return report(action)
 
 
 if __name__ == "__main__":

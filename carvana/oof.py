@@ -28,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from carvana import folds, prediction
 from carvana.dataset import Sample, read_mask, train_samples
-from carvana.errors import CarvanaError
+from carvana.errors import CarvanaError, report
 from carvana.io import atomic_write_text
 from carvana.postprocess import dice
 from carvana.writer import PngWriter, made_otherwise, write_manifest
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     devices = int(args.devices) if args.devices.isdigit() else args.devices
-    try:
+
+    def action() -> str | None:
         scores = {
             run_dir: predict_oof(
                 run_dir,
@@ -189,15 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             for run_dir in args.run_dirs
         }
         if rank_zero_only.rank != 0:  # under DDP every rank runs this; rank 0 wrote the scores
-            return 0
+            return None
         pooled = pooled_dice(args.run_dirs)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for run_dir, score in scores.items():
-        print(f"{run_dir}: OOF Dice {score:.6f}")
-    print(f"pooled OOF Dice {pooled:.6f} over {len(scores)} run(s)")
-    return 0
+        lines = [f"{run_dir}: OOF Dice {score:.6f}" for run_dir, score in scores.items()]
+        return "\n".join([*lines, f"pooled OOF Dice {pooled:.6f} over {len(scores)} run(s)"])
+
+    return report(action)
 
 
 if __name__ == "__main__":

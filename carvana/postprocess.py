@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from carvana.dataset import MASK_SUFFIX, read_mask
-from carvana.errors import CarvanaError
+from carvana.errors import CarvanaError, check_folder, check_fraction, check_workers, report
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -108,8 +108,10 @@ def _score(pair: tuple[str, str], cutoff: int, steps: Mapping[str, PostProcess])
         raise CarvanaError(f"cannot read prediction {png} as an image")
     truth = read_mask(Path(gif))
     if prob.shape != truth.shape:
-        raise CarvanaError(f"prediction {png} is {prob.shape[1]}x{prob.shape[0]}, its mask {gif} is "
-                           f"{truth.shape[1]}x{truth.shape[0]}")
+        raise CarvanaError(
+            f"prediction {png} is {prob.shape[1]}x{prob.shape[0]}, its mask {gif} is "
+            f"{truth.shape[1]}x{truth.shape[0]}"
+        )
     mask = prob > np.uint8(cutoff)
     return [dice(step(mask), truth) for step in steps.values()]
 
@@ -137,17 +139,17 @@ def evaluate(
     ``workers=0`` uses every CPU.
     """
     oof_dir, masks_dir = Path(oof_dir), Path(masks_dir)
-    if not 0.0 <= threshold <= 1.0:
-        raise CarvanaError(f"threshold must be in [0, 1], got {threshold}")
-    if workers < 0:
-        raise CarvanaError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
-    for folder in (oof_dir, masks_dir):
-        if not folder.is_dir():
-            raise CarvanaError(f"folder {folder} does not exist")
+    check_fraction("threshold", threshold)
+    check_workers(workers)
+    check_folder(oof_dir)
+    check_folder(masks_dir)
     steps = {"none": PostProcess(), **{name: step for name, step in steps.items() if name != "none"}}
     masks = {entry.name for entry in os.scandir(masks_dir)}
-    pairs = [(str(png), str(masks_dir / f"{png.stem}{MASK_SUFFIX}")) for png in sorted(oof_dir.glob("*.png"))
-             if f"{png.stem}{MASK_SUFFIX}" in masks]
+    pairs = [
+        (str(png), str(masks_dir / f"{png.stem}{MASK_SUFFIX}"))
+        for png in sorted(oof_dir.glob("*.png"))
+        if f"{png.stem}{MASK_SUFFIX}" in masks
+    ]
     if not pairs:
         raise CarvanaError(f"no <id>.png in {oof_dir} has a <id>{MASK_SUFFIX} in {masks_dir}")
     score = functools.partial(_score, cutoff=math.floor(threshold * 255), steps=steps)
@@ -159,15 +161,17 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: a table of mean Dice per post-processing variant and its gain over none; 2 on a CarvanaError."""
-    parser = argparse.ArgumentParser(prog="python -m carvana.postprocess",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m carvana.postprocess", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("oof_dir", type=Path, help="out-of-fold prediction folder (<id>.png)")
     parser.add_argument("masks_dir", type=Path, help=f"true masks <id>{MASK_SUFFIX}, e.g. <root>/train_masks")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--min-size", type=int, default=1000, help="pixels, for the min_size variant")
     parser.add_argument("--workers", type=int, default=0, help="processes; 0 = one per CPU")
     args = parser.parse_args(argv)
-    try:
+
+    def action() -> str:
         steps = {
             "largest_component": PostProcess(largest_component=True),
             f"min_size={args.min_size}": PostProcess(min_size=args.min_size),
@@ -175,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             "largest+fill": PostProcess(largest_component=True, fill_holes=True),
         }
         scores = evaluate(args.oof_dir, args.masks_dir, steps, args.threshold, args.workers)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    width = max(map(len, scores))
-    print(f"{'variant':<{width}}  mean Dice  vs none")
-    for name, value in scores.items():
-        print(f"{name:<{width}}  {value:.6f}   {value - scores['none']:+.6f}")
-    return 0
+        width = max(map(len, scores))
+        lines = [f"{'variant':<{width}}  mean Dice  vs none"]
+        lines += [
+            f"{name:<{width}}  {value:.6f}   {value - scores['none']:+.6f}" for name, value in scores.items()
+        ]
+        return "\n".join(lines)
+
+    return report(action)
 
 
 if __name__ == "__main__":

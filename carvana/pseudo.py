@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from carvana.dataset import MASK_SUFFIX, MASKS_DIR
-from carvana.errors import CarvanaError
+from carvana.errors import CarvanaError, check_folder, check_fraction, check_workers, report
 from carvana.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ _PALETTE = [0, 0, 0, 255, 255, 255]  # Kaggle's masks: 0 black, 1 white
 def confidence(prob_uint8: np.ndarray) -> float:
     """The uncertain share: fraction of pixels with probability strictly between 0.1 and 0.9."""
     if prob_uint8.dtype != np.uint8 or prob_uint8.size == 0:
-        raise CarvanaError(f"confidence takes a non-empty uint8 map, got {prob_uint8.dtype} "
-                           f"{prob_uint8.shape}")
+        raise CarvanaError(
+            f"confidence takes a non-empty uint8 map, got {prob_uint8.dtype} {prob_uint8.shape}"
+        )
     return cv2.countNonZero(cv2.inRange(prob_uint8, _LOW, _HIGH)) / prob_uint8.size
 
 
@@ -71,8 +72,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         raise
 
 
-def _select(image_id: str, pred_dir: Path, images_dir: Path, out_root: Path, max_uncertain: float,
-            cutoff: int) -> tuple[str, float, bool]:
+def _select(
+    image_id: str, pred_dir: Path, images_dir: Path, out_root: Path, max_uncertain: float, cutoff: int
+) -> tuple[str, float, bool]:
     """(id, uncertain share, kept); a kept image's mask is written before its JPEG, so that a JPEG in
     ``train/`` always has its mask, even after a crash."""
     png = pred_dir / f"{image_id}.png"
@@ -85,8 +87,10 @@ def _select(image_id: str, pred_dir: Path, images_dir: Path, out_root: Path, max
     jpeg = images_dir / f"{image_id}.jpg"
     with Image.open(jpeg) as image:  # reads the header only
         if image.size != prob.shape[::-1]:
-            raise CarvanaError(f"prediction {png} is {prob.shape[1]}x{prob.shape[0]}, its image {jpeg} is "
-                               f"{image.size[0]}x{image.size[1]}")
+            raise CarvanaError(
+                f"prediction {png} is {prob.shape[1]}x{prob.shape[0]}, its image {jpeg} is "
+                f"{image.size[0]}x{image.size[1]}"
+            )
     atomic_write_bytes(out_root / MASKS_DIR / f"{image_id}{MASK_SUFFIX}", mask_gif(prob > np.uint8(cutoff)))
     _link_or_copy(jpeg, out_root / IMAGES_DIR / f"{image_id}.jpg")
     return image_id, share, True
@@ -108,31 +112,35 @@ def select_and_write(
     that two selections never mix. Returns the kept ids, sorted; ``workers=0`` uses every CPU.
     """
     pred_dir, images_dir, out_root = Path(pred_dir), Path(images_dir), Path(out_root)
-    if not 0.0 <= max_uncertain <= 1.0:
-        raise CarvanaError(f"max_uncertain must be in [0, 1], got {max_uncertain}")
-    if not 0.0 <= threshold <= 1.0:
-        raise CarvanaError(f"threshold must be in [0, 1], got {threshold}")
-    if workers < 0:
-        raise CarvanaError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
-    for folder in (pred_dir, images_dir):
-        if not folder.is_dir():
-            raise CarvanaError(f"folder {folder} does not exist")
+    check_fraction("max_uncertain", max_uncertain)
+    check_fraction("threshold", threshold)
+    check_workers(workers)
+    check_folder(pred_dir)
+    check_folder(images_dir)
     ids = sorted(path.stem for path in pred_dir.glob("*.png"))
     if not ids:
         raise CarvanaError(f"no <id>.png in {pred_dir}")
     jpegs = {entry.name for entry in os.scandir(images_dir)}
     missing = [image_id for image_id in ids if f"{image_id}.jpg" not in jpegs]
     if missing:
-        raise CarvanaError(f"{len(missing)} of {len(ids)} predictions in {pred_dir} have no JPEG in "
-                           f"{images_dir}, first: {missing[0]}.jpg")
+        raise CarvanaError(
+            f"{len(missing)} of {len(ids)} predictions in {pred_dir} have no JPEG in "
+            f"{images_dir}, first: {missing[0]}.jpg"
+        )
     for sub in (IMAGES_DIR, MASKS_DIR):
         folder = out_root / sub
         if folder.is_dir() and any(os.scandir(folder)):
             raise CarvanaError(f"{folder} is not empty; write pseudo-labels to a new folder or delete it")
         folder.mkdir(parents=True, exist_ok=True)
 
-    select = functools.partial(_select, pred_dir=pred_dir, images_dir=images_dir, out_root=out_root,
-                               max_uncertain=max_uncertain, cutoff=math.floor(threshold * 255))
+    select = functools.partial(
+        _select,
+        pred_dir=pred_dir,
+        images_dir=images_dir,
+        out_root=out_root,
+        max_uncertain=max_uncertain,
+        cutoff=math.floor(threshold * 255),
+    )
     workers = min(workers or os.cpu_count() or 1, len(ids))
     if workers == 1:
         results = list(map(select, ids))
@@ -146,8 +154,12 @@ def select_and_write(
         log.info("%d of %d predictions kept as pseudo-labels in %s", len(kept), len(ids), out_root)
     else:
         lowest = min(share for _, share, _ in results)
-        log.warning("no prediction of %s has an uncertain share <= %g (the lowest is %.6g); "
-                    "no pseudo-label written", pred_dir, max_uncertain, lowest)
+        log.warning(
+            "no prediction of %s has an uncertain share <= %g (the lowest is %.6g); no pseudo-label written",
+            pred_dir,
+            max_uncertain,
+            lowest,
+        )
     return [image_id for image_id, _ in kept]
 
 
@@ -157,20 +169,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pred_dir", type=Path, help="test prediction folder (<id>.png), e.g. an ensemble")
     parser.add_argument("images_dir", type=Path, help="the JPEGs, e.g. <data root>/test")
     parser.add_argument("out_root", type=Path, help="new Kaggle-layout folder for the pseudo-labelled pairs")
-    parser.add_argument("--max-uncertain", type=float, default=0.005,
-                        help="largest share of pixels with 0.1 < p < 0.9 an image may have")
+    parser.add_argument(
+        "--max-uncertain",
+        type=float,
+        default=0.005,
+        help="largest share of pixels with 0.1 < p < 0.9 an image may have",
+    )
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=0, help="processes; 0 = one per CPU")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        kept = select_and_write(args.pred_dir, args.images_dir, args.out_root, args.max_uncertain,
-                                args.threshold, args.workers)
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{args.out_root}: {len(kept)} pseudo-labelled images")
-    return 0
+
+    def action() -> str:
+        kept = select_and_write(
+            args.pred_dir, args.images_dir, args.out_root, args.max_uncertain, args.threshold, args.workers
+        )
+        return f"{args.out_root}: {len(kept)} pseudo-labelled images"
+
+    return report(action)
 
 
 if __name__ == "__main__":

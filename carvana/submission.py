@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from carvana import rle
-from carvana.errors import CarvanaError
+from carvana.errors import CarvanaError, check_folder, check_fraction, check_workers, report
 
 HEADER = "img,rle_mask"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -82,8 +82,10 @@ def _encode_png(path: str, settings: Settings) -> str:
     if prob is None:
         raise CarvanaError(f"cannot read prediction {path} as an image")
     if shape is not None and prob.shape != shape:
-        raise CarvanaError(f"prediction {path} is {prob.shape[1]}x{prob.shape[0]}, expected "
-                           f"{shape[1]}x{shape[0]} (the original image size)")
+        raise CarvanaError(
+            f"prediction {path} is {prob.shape[1]}x{prob.shape[0]}, expected "
+            f"{shape[1]}x{shape[0]} (the original image size)"
+        )
     mask = prob > np.uint8(cutoff)
     if postprocess is not None:
         out = np.asarray(postprocess(mask))
@@ -124,23 +126,22 @@ def write(
     in .gz.
     """
     pred_dir, sample_submission, out = Path(pred_dir), Path(sample_submission), Path(out)
-    if not 0.0 <= threshold <= 1.0:
-        raise CarvanaError(f"threshold must be in [0, 1], got {threshold}")
-    if workers < 0:
-        raise CarvanaError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
+    check_fraction("threshold", threshold)
+    check_workers(workers)
     if compress != out.name.endswith(".gz"):
         raise CarvanaError(f"output {out} must end in .gz exactly when compress is set (compress={compress})")
-    if not pred_dir.is_dir():
-        raise CarvanaError(f"prediction folder {pred_dir} does not exist")
+    check_folder(pred_dir, "prediction folder")
     images = read_sample(sample_submission)
     present = {entry.name for entry in os.scandir(pred_dir)}
     found = [_png_name(img) in present for img in images]
     rows = [img for img, ok in zip(images, found, strict=True) if ok]
     missing = [Path(img).stem for img, ok in zip(images, found, strict=True) if not ok]
     if missing and not subset:
-        raise CarvanaError(f"{len(missing)} of {len(images)} images in {sample_submission.name} have no "
-                           f"prediction in {pred_dir}, first: {', '.join(missing[:3])} (subset=True writes "
-                           "only the rows present)")
+        raise CarvanaError(
+            f"{len(missing)} of {len(images)} images in {sample_submission.name} have no "
+            f"prediction in {pred_dir}, first: {', '.join(missing[:3])} (subset=True writes "
+            "only the rows present)"
+        )
     if not rows:
         raise CarvanaError(f"no prediction in {pred_dir} matches an image of {sample_submission.name}")
     workers = min(workers or os.cpu_count() or 1, len(rows))
@@ -190,19 +191,23 @@ def check(
         for count, line in enumerate(f, 1):
             img, comma, encoded = line.rstrip("\n").partition(",")
             if count > len(images):
-                raise CarvanaError(f"{path.name}: row {count} ({img[:60]}) is past the {len(images)} rows "
-                                   f"of {sample_name}")
+                raise CarvanaError(
+                    f"{path.name}: row {count} ({img[:60]}) is past the {len(images)} rows of {sample_name}"
+                )
             if img != images[count - 1]:
-                raise CarvanaError(f"{path.name}: row {count} is {img[:60]!r}, {sample_name} has "
-                                   f"{images[count - 1]!r} there")
+                raise CarvanaError(
+                    f"{path.name}: row {count} is {img[:60]!r}, {sample_name} has {images[count - 1]!r} there"
+                )
             if not comma:
                 raise CarvanaError(f"{path.name}: row {count} ({img}) has no rle_mask column")
             reason = rle.validate(encoded, shape)
             if reason is not None:
                 raise CarvanaError(f"{path.name}: row {count} ({img}): bad RLE, {reason}")
     if count < len(images):
-        raise CarvanaError(f"{path.name}: {count} rows, {sample_name} has {len(images)}; first missing: "
-                           f"row {count + 1} ({images[count]})")
+        raise CarvanaError(
+            f"{path.name}: {count} rows, {sample_name} has {len(images)}; first missing: "
+            f"row {count + 1} ({images[count]})"
+        )
     return count
 
 
@@ -226,21 +231,27 @@ def main(argv: list[str] | None = None) -> int:
     wrt.add_argument("--height", type=int, help="enforce this PNG height (with --width)")
     wrt.add_argument("--width", type=int, help="enforce this PNG width (with --height)")
     args = parser.parse_args(argv)
-    try:
+
+    def action() -> str:
         if args.command == "check":
             rows = check(args.file, args.sample, (args.height, args.width))
-            print(f"{args.file.name}: OK, {rows} rows")
-        else:
-            if (args.height is None) != (args.width is None):
-                raise CarvanaError("--height and --width go together")
-            shape = None if args.height is None else (args.height, args.width)
-            out = write(args.pred_dir, args.sample, args.out, threshold=args.threshold, subset=args.subset,
-                        workers=args.workers, compress=args.gzip, shape=shape)
-            print(f"{out.name}: written")
-    except CarvanaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+            return f"{args.file.name}: OK, {rows} rows"
+        if (args.height is None) != (args.width is None):
+            raise CarvanaError("--height and --width go together")
+        shape = None if args.height is None else (args.height, args.width)
+        out = write(
+            args.pred_dir,
+            args.sample,
+            args.out,
+            threshold=args.threshold,
+            subset=args.subset,
+            workers=args.workers,
+            compress=args.gzip,
+            shape=shape,
+        )
+        return f"{out.name}: written"
+
+    return report(action)
 
 
 if __name__ == "__main__":

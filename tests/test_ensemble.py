@@ -129,8 +129,12 @@ def test_bad_inputs(folders, tmp_path):
     assert cv2.imwrite(str(folders[1] / f"{IDS[1]}.png"), np.zeros((SHAPE[0], SHAPE[1] + 1), np.uint8))
     with pytest.raises(CarvanaError, match=f"{IDS[1]}: .*model1.* is 65x48"):
         average(folders, tmp_path / "out", workers=2)
-    for weights, match in (([1, 2], "2 weights for 3"), ([1, -1, 1], ">= 0"), ([0, 0, 0], "all zero"),
-                           ([1, float("nan"), 1], "finite")):
+    for weights, match in (
+        ([1, 2], "2 weights for 3"),
+        ([1, -1, 1], ">= 0"),
+        ([0, 0, 0], "all zero"),
+        ([1, float("nan"), 1], "finite"),
+    ):
         with pytest.raises(CarvanaError, match=match):
             average(folders, tmp_path / "out2", weights=weights)
     with pytest.raises(CarvanaError, match="also an input"):
@@ -140,8 +144,13 @@ def test_bad_inputs(folders, tmp_path):
 
 
 def run_cli(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "carvana.ensemble", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "carvana.ensemble", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_cli(folders, tmp_path):

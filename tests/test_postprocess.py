@@ -32,8 +32,14 @@ def drawing() -> dict[str, np.ndarray]:
     speck[35:37, 50:52] = 1
     mask = (blob - hole) + (mid - mid_hole) + speck
     assert set(np.unique(mask)) == {0, 1} and np.count_nonzero(mid - mid_hole) == 96
-    return {"mask": mask, "blob": blob - hole, "hole": hole, "mid": mid - mid_hole, "mid_hole": mid_hole,
-            "speck": speck}
+    return {
+        "mask": mask,
+        "blob": blob - hole,
+        "hole": hole,
+        "mid": mid - mid_hole,
+        "mid_hole": mid_hole,
+        "speck": speck,
+    }
 
 
 @pytest.mark.parametrize(
@@ -86,9 +92,9 @@ def test_real_mask_restored_after_specks_and_holes(shared_full):
     solid = cv2.erode(truth, np.ones((9, 9), np.uint8)).astype(bool) & inner
     specky, holey = truth.copy(), truth.copy()
     for y, x in np.argwhere(free)[rng.choice(np.count_nonzero(free), 30, replace=False)]:
-        specky[y - 1:y + 2, x - 1:x + 2] = 1
+        specky[y - 1 : y + 2, x - 1 : x + 2] = 1
     for y, x in np.argwhere(solid)[rng.choice(np.count_nonzero(solid), 30, replace=False)]:
-        holey[y - 1:y + 2, x - 1:x + 2] = 0
+        holey[y - 1 : y + 2, x - 1 : x + 2] = 0
     both = specky & holey
     assert np.count_nonzero(specky != truth) > 0 and np.count_nonzero(holey != truth) > 0
 
@@ -110,7 +116,7 @@ def oof(tmp_path_factory, shared_full):
         prob = np.where(truth == 1, 220, 30).astype(np.uint8)
         background = np.argwhere(truth[10:-10, 10:-10] == 0) + 10
         for y, x in background[rng.choice(len(background), 20, replace=False)]:
-            prob[y - 2:y + 3, x - 2:x + 3] = 200
+            prob[y - 2 : y + 3, x - 2 : x + 3] = 200
         assert cv2.imwrite(str(root / path.name.replace("_mask.gif", ".png")), prob)
     assert cv2.imwrite(str(root / "no_such_car_01.png"), np.zeros((4, 4), np.uint8))  # no mask: skipped
     return root, shared_full / "train_masks", names

@@ -33,8 +33,11 @@ def test_confidence_counts_strictly_between_tenth_and_nine_tenths():
 def test_mask_gif_reads_back(tmp_path, fill):
     """Small masks too: below 512x512 Pillow would otherwise optimise the palette of an all-car mask away."""
     rng = np.random.default_rng(3)
-    mask = {"zeros": np.zeros((20, 30), np.uint8), "ones": np.ones((20, 30), np.uint8),
-            "random": rng.integers(0, 2, (20, 30), dtype=np.uint8)}[fill]
+    mask = {
+        "zeros": np.zeros((20, 30), np.uint8),
+        "ones": np.ones((20, 30), np.uint8),
+        "random": rng.integers(0, 2, (20, 30), dtype=np.uint8),
+    }[fill]
     path = tmp_path / "x_mask.gif"
     path.write_bytes(pseudo.mask_gif(mask.astype(bool)))
     np.testing.assert_array_equal(read_mask(path), mask)

@@ -73,8 +73,9 @@ def test_write_then_check(case, tmp_path):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_threshold_and_postprocess(case, tmp_path, workers):
     pred, sample, _ = case
-    out = submission.write(pred, sample, tmp_path / "s.csv", threshold=0.3, postprocess=flip_and_invert,
-                           workers=workers)
+    out = submission.write(
+        pred, sample, tmp_path / "s.csv", threshold=0.3, postprocess=flip_and_invert, workers=workers
+    )
     for img, encoded in read_rows(out):
         assert np.array_equal(rle.decode(encoded), ~expected_mask(pred, img, 0.3)[:, ::-1]), img
 
@@ -161,8 +162,14 @@ def test_subset_with_real_test_names(shared_full, tmp_path):
     rng = np.random.default_rng(1)
     for img in chosen:
         cv2.imwrite(str(tmp_path / f"{img[:-4]}.png"), rng.integers(0, 256, (1280, 1918), dtype=np.uint8))
-    out = submission.write(tmp_path, shared_full / "sample_submission.csv", tmp_path / "out" / "s.csv",
-                           subset=True, workers=1, shape=(1280, 1918))
+    out = submission.write(
+        tmp_path,
+        shared_full / "sample_submission.csv",
+        tmp_path / "out" / "s.csv",
+        subset=True,
+        workers=1,
+        shape=(1280, 1918),
+    )
     assert [img for img, _ in read_rows(out)] == [tests[2], tests[9]]
 
 
@@ -180,8 +187,10 @@ def test_check_rejects_bad_files(case, tmp_path):
         "missing last": (write_rows(tmp_path / "l.csv", rows[:-1]), f"5 rows.*row 6 .*{images[5]}"),
         "extra row": (write_rows(tmp_path / "x.csv", [*rows, rows[0]]), "row 7"),
         "swapped": (write_rows(tmp_path / "w.csv", [rows[0], rows[2], rows[1], *rows[3:]]), "row 2 "),
-        "bad rle": (write_rows(tmp_path / "r.csv", [*rows[:3], (images[3], "5 0"), *rows[4:]]),
-                    f"row 4 .*{images[3]}.*length"),
+        "bad rle": (
+            write_rows(tmp_path / "r.csv", [*rows[:3], (images[3], "5 0"), *rows[4:]]),
+            f"row 4 .*{images[3]}.*length",
+        ),
         "no column": (tmp_path / "c.csv", "row 1 .*rle_mask"),
     }
     (tmp_path / "c.csv").write_text("img,rle_mask\n" + "\n".join(images) + "\n")
@@ -212,8 +221,13 @@ def test_real_sample_submission(shared_full):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "carvana.submission", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "carvana.submission", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli(case, tmp_path):
@@ -234,8 +248,9 @@ def test_cli(case, tmp_path):
     assert done.stdout == "" and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert "Traceback" not in done.stderr
 
-    done = run_cli("write", str(pred), "--sample", str(sample), "--out", str(tmp_path / "x.csv"),
-                   "--threshold", "1.5")
+    done = run_cli(
+        "write", str(pred), "--sample", str(sample), "--out", str(tmp_path / "x.csv"), "--threshold", "1.5"
+    )
     assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
 
 
