@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import albumentations as A
@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from carvana import folds, synthetic
+from carvana import folds, refine, synthetic
 from carvana.dataset import CarvanaDataset, Sample, train_samples
 from carvana.errors import CarvanaError
 from carvana.geometry import Geometry
@@ -24,7 +24,8 @@ class CarvanaDataModule(pl.LightningDataModule):
 
     ``root=None`` selects the embedded synthetic dataset, generated into ``cache_dir`` on first use.
     ``pseudo_root`` is a Kaggle-layout folder of pseudo-labelled test images (``carvana.pseudo``): every fold
-    trains on all of them and validates on none.
+    trains on all of them and validates on none. ``sources`` (first-level experiment folders such as
+    ``outputs/linknet34``) make this the second level: each image comes with their out-of-fold maps.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         images_dir: str = "train",
         synthetic: Mapping[str, int] | None = None,
         pseudo_root: str | None = None,
+        sources: Sequence[str] | None = None,
         batch_size: int = 4,
         val_batch_size: int | None = None,
         num_workers: int = 2,
@@ -55,6 +57,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.folds_file = Path(folds_file) if folds_file else None
         self.images_dir = images_dir
         self.pseudo_root = Path(pseudo_root) if pseudo_root else None
+        self.sources = [Path(source) for source in sources or []]
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -95,8 +98,20 @@ class CarvanaDataModule(pl.LightningDataModule):
         log.info(
             "fold %d: %d train and %d validation images from %s", self.fold, len(train), len(val), self.root
         )
-        self.train_set = CarvanaDataset(train, A.Compose([*self.geometry.train(), *self.augment]))
-        self.val_set = CarvanaDataset(val, A.Compose(self.geometry.eval()), transform_mask=False)
+        train_transform = A.Compose([*self.geometry.train(), *self.augment])
+        eval_transform = A.Compose(self.geometry.eval())
+        if self.sources:
+            if self.pseudo_root:
+                raise CarvanaError("data.sources: the second level has no maps for data.pseudo_root images")
+            refine.check_folds(self.sources, table)
+            self.train_set = refine.StackedDataset(
+                train, refine.oof_maps(self.sources, train, table), train_transform
+            )
+            val_maps = refine.oof_maps(self.sources, val, table)
+            self.val_set = refine.StackedDataset(val, val_maps, eval_transform, transform_mask=False)
+        else:
+            self.train_set = CarvanaDataset(train, train_transform)
+            self.val_set = CarvanaDataset(val, eval_transform, transform_mask=False)
 
     def _loader(self, dataset: CarvanaDataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

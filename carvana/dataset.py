@@ -95,9 +95,13 @@ class CarvanaDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def load_image(self, index: int) -> np.ndarray:
+        """The network's uint8 (H, W, C) input before transforms; the second level adds channels here."""
+        return read_image(self.samples[index].image)
+
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        image = read_image(sample.image)
+        image = self.load_image(index)
         item: dict = {"id": sample.image_id, "height": image.shape[0], "width": image.shape[1]}
         if sample.mask is None:
             item["image"] = torch.from_numpy(self.transform(image=image)["image"])
