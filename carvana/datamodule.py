@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from carvana import folds, refine, synthetic
-from carvana.dataset import CarvanaDataset, Sample, train_samples
+from carvana import folds, oof, refine, synthetic
+from carvana.dataset import CarvanaDataset, Sample, StackedDataset, train_samples
 from carvana.errors import CarvanaError
 from carvana.geometry import Geometry
 
@@ -104,11 +104,9 @@ class CarvanaDataModule(pl.LightningDataModule):
             if self.pseudo_root:
                 raise CarvanaError("data.sources: the second level has no maps for data.pseudo_root images")
             refine.check_folds(self.sources, table)
-            self.train_set = refine.StackedDataset(
-                train, refine.oof_maps(self.sources, train, table), train_transform
-            )
-            val_maps = refine.oof_maps(self.sources, val, table)
-            self.val_set = refine.StackedDataset(val, val_maps, eval_transform, transform_mask=False)
+            self.train_set = StackedDataset(train, oof.oof_maps(self.sources, train, table), train_transform)
+            val_maps = oof.oof_maps(self.sources, val, table)
+            self.val_set = StackedDataset(val, val_maps, eval_transform, transform_mask=False)
         else:
             self.train_set = CarvanaDataset(train, train_transform)
             self.val_set = CarvanaDataset(val, eval_transform, transform_mask=False)

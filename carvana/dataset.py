@@ -14,9 +14,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from carvana.errors import CarvanaError
+from carvana.io import reuse_freed_buffers
 
 MASKS_DIR = "train_masks"
 MASK_SUFFIX = "_mask.gif"
+OOF_DIR = "oof"  # in a run folder: the fold's out-of-fold probability maps, <image_id>.png
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,12 @@ def test_samples(root: str | Path, images_dir: str = "test") -> list[Sample]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); OpenCV's JPEG decoder is the fastest on the stack."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """RGB uint8 (H, W, 3); OpenCV's JPEG decoder is the fastest on the stack, and it writes RGB itself
+    (no second full-size pass to swap the channels)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
     if image is None:
         raise CarvanaError(f"{path}: cannot decode image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -88,9 +91,15 @@ class CarvanaDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], transform: A.Compose, transform_mask: bool = True):
+        reuse_freed_buffers()  # DataLoader workers are forked from this process and inherit it
         self.samples = list(samples)
         self.transform = transform
         self.transform_mask = transform_mask
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in a spawned (not forked) DataLoader worker, which needs the allocator setting too."""
+        reuse_freed_buffers()
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -117,3 +126,25 @@ class CarvanaDataset(Dataset):
         item["image"] = torch.from_numpy(np.ascontiguousarray(image))
         item["mask"] = torch.from_numpy(np.ascontiguousarray(mask))[None]
         return item
+
+
+class StackedDataset(CarvanaDataset):
+    """``CarvanaDataset`` whose images carry K probability maps (8-bit PNGs) as channels 4..3+K."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        maps: Sequence[Sequence[Path]],
+        transform: A.Compose,
+        transform_mask: bool = True,
+    ):
+        super().__init__(samples, transform, transform_mask)
+        self.maps = list(maps)
+
+    def load_image(self, index: int) -> np.ndarray:
+        image = read_image(self.samples[index].image)
+        probs = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in self.maps[index]]
+        for path, prob in zip(self.maps[index], probs, strict=True):
+            if prob is None or prob.shape != image.shape[:2]:
+                raise CarvanaError(f"{path}: unreadable, or not the size of {self.samples[index].image}")
+        return np.dstack([image, *probs])

@@ -51,3 +51,11 @@ def check_folder(path: str | os.PathLike, what: str = "folder") -> None:
     """``path`` must be an existing folder; ``what`` names it in the message, e.g. "prediction folder"."""
     if not Path(path).is_dir():
         raise CarvanaError(f"{what} {path} does not exist")
+
+
+def check_files(paths: list[list[Path]], what: str) -> list[list[Path]]:
+    """Every path must be a file; one error names the first missing and the count. Returns ``paths``."""
+    missing = [path for group in paths for path in group if not path.is_file()]
+    if missing:
+        raise CarvanaError(f"{missing[0]}: no {what}; {len(missing)} missing")
+    return paths

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import secrets
 from pathlib import Path
+
+# glibc's mallopt parameters; values as in <malloc.h>.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -29,3 +34,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """``atomic_write_bytes`` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode())
+
+
+@functools.cache
+def reuse_freed_buffers() -> bool:
+    """Make glibc's malloc keep freed image-sized buffers for the next sample instead of unmapping them.
+
+    Every sample decodes, pads and flips 7 MB buffers. By default glibc maps such a buffer fresh and unmaps it
+    when freed, so the next one is faulted in again page by page: on a 2-core VM that was half the time of a
+    1918x1280 training sample beyond the decodes (bench/results.md, loading). Up to 32 MB (glibc's limit, a
+    float32 3x1280x1920 image is 29.5 MB) now comes from the heap, and the heap returns memory to the system
+    only once 512 MB are free at its top. Once per process; fork children (DataLoader workers, pools) inherit
+    it. False where the C library has no mallopt (not glibc): nothing changes there.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -10,10 +12,21 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.functional.classification import binary_f1_score
 
+from carvana.errors import CarvanaError
 from carvana.geometry import Geometry
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]  # (optimizer, **run-length kwargs)
+
+
+def network_input(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """float NCHW from a uint8 NHWC batch: the image channels standardised with ``mean``/``std`` (scaled to
+    0..255, shape (1, C, 1, 1)); further channels (the second level's probability maps) scaled to [0, 1]."""
+    x = image.permute(0, 3, 1, 2).float()
+    channels = mean.shape[1]
+    if x.shape[1] == channels:
+        return (x - mean) / std
+    return torch.cat([(x[:, :channels] - mean) / std, x[:, channels:] / 255], dim=1)
 
 
 def per_image_dice(probs: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -32,6 +45,10 @@ class SegmentationModule(pl.LightningModule):
 
     ``val/dice`` is the mean per-image Dice at each image's original resolution: the network output is
     restored (padding cropped, resizing undone) before it is compared with the untouched mask.
+
+    The scheduler steps every epoch, or every optimizer step with ``scheduler_interval="step"`` (OneCycleLR).
+    A scheduler configured with ``total_steps=None`` gets the run's number of optimizer steps, which only the
+    trainer knows.
     """
 
     def __init__(
@@ -44,10 +61,12 @@ class SegmentationModule(pl.LightningModule):
         std: Sequence[float],
         scheduler: SchedulerFactory | None = None,
         threshold: float = 0.5,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
     ):
         super().__init__()
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
         self.geometry, self.threshold = geometry, threshold
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
@@ -55,8 +74,7 @@ class SegmentationModule(pl.LightningModule):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (N, 1, H, W) of a uint8 (N, H, W, C) batch on the network's grid."""
-        x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        return self.net(x)
+        return self.net(network_input(image, self.mean, self.std))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["mask"].float())
@@ -77,5 +95,22 @@ class SegmentationModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/dice"}}
+        scheduler = self.scheduler_factory(optimizer, **self._run_length())
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": "val/dice",
+                "interval": self.scheduler_interval,
+            },
+        }
+
+    def _run_length(self) -> dict[str, int]:
+        """``total_steps`` for a scheduler factory that leaves it None, else nothing."""
+        keywords = getattr(self.scheduler_factory, "keywords", {})
+        if "total_steps" not in keywords or keywords["total_steps"] is not None:
+            return {}
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise CarvanaError("scheduler.total_steps=null needs a finite run: set trainer.max_epochs")
+        return {"total_steps": int(steps)}

@@ -16,7 +16,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,14 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 
 from carvana import folds, prediction
-from carvana.dataset import Sample, read_mask, train_samples
-from carvana.errors import CarvanaError, report
+from carvana.dataset import OOF_DIR, Sample, read_mask, train_samples
+from carvana.errors import CarvanaError, check_files, report
 from carvana.io import atomic_write_text
 from carvana.postprocess import dice
 from carvana.writer import PngWriter, made_otherwise, write_manifest
 
 log = logging.getLogger(__name__)
 
-OOF_DIR = "oof"
 SCORE = "oof_score.json"
 
 
@@ -55,6 +54,17 @@ def validation_samples(run_dir: str | Path) -> list[Sample]:
     if not val:
         raise CarvanaError(f"{table_path}: no car in fold {config.fold}")
     return val
+
+
+def oof_maps(
+    sources: Sequence[Path], samples: Sequence[Sample], table: Mapping[str, int]
+) -> list[list[Path]]:
+    """For each sample, its out-of-fold map from each source: the source's run of the car's own fold."""
+    maps = [
+        [source / f"fold{table[s.car]}" / OOF_DIR / f"{s.image_id}.png" for source in sources]
+        for s in samples
+    ]
+    return check_files(maps, "out-of-fold map (run the sources' OOF step)")
 
 
 def _score(sample: Sample, oof_dir: Path, cutoff: int) -> float:
@@ -129,7 +139,10 @@ def predict_oof(
         }
     )
     module = prediction.PredictionModule.from_members(members, hflip=hflip)
-    prediction.predict_missing(trainer, module, samples, writer, since, batch_size, num_workers)
+    sources = [Path(source) for source in members[0].config.data.get("sources") or []]
+    table = folds.read(run_dir / "folds.csv")
+    maps = (lambda todo: oof_maps(sources, todo, table)) if sources else None
+    prediction.predict_missing(trainer, module, samples, writer, since, batch_size, num_workers, maps)
     if not trainer.is_global_zero:
         return score_fold(run_dir, write=False)
     write_manifest(oof_dir, samples, manifest)

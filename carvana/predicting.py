@@ -12,7 +12,7 @@ import cv2
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from carvana import prediction, pseudo, submission
+from carvana import prediction, pseudo, refine, submission
 from carvana.dataset import test_samples
 from carvana.errors import CarvanaError
 from carvana.instantiate import instantiate
@@ -90,8 +90,16 @@ def predict(cfg: DictConfig) -> Path:
         default_root_dir=str(out_dir),
     )
     since = max(member.checkpoint.stat().st_mtime for member in members)
+    sources = [Path(source) for source in cfg.data.get("sources") or []]
     prediction.predict_missing(
-        trainer, module, samples, writer, since, cfg.data.batch_size, cfg.data.num_workers
+        trainer,
+        module,
+        samples,
+        writer,
+        since,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+        maps=(lambda todo: refine.test_maps(sources, todo)) if sources else None,
     )
     if not trainer.is_global_zero:
         return out_dir

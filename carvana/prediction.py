@@ -11,7 +11,7 @@ import glob
 import logging
 import math
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from carvana import synthetic
-from carvana.dataset import CarvanaDataset, Sample
+from carvana.dataset import CarvanaDataset, Sample, StackedDataset
 from carvana.errors import CarvanaError
 from carvana.geometry import Geometry
 from carvana.instantiate import build_model, instantiate
+from carvana.module import network_input
 from carvana.writer import PngWriter, pending
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class PredictionModule(pl.LightningModule):
 
         The flipped copy joins the batch (one pass of 2N); sigmoid comes before any averaging.
         """
-        x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        x = network_input(image, self.mean, self.std)
         n = len(x)
         if self.hflip:
             x = torch.cat([x, x.flip(-1)])
@@ -241,12 +242,14 @@ def predict_missing(
     since: float,
     batch_size: int = 2,
     num_workers: int = 2,
+    maps: Callable[[Sequence[Sample]], list[list[Path]]] | None = None,
 ) -> int:
     """Predict the samples whose PNG is missing from ``writer.out_dir`` (or older than ``since``).
 
     Done images are left out before anything is loaded, so a rerun continues an interrupted one. Under DDP
     Lightning shards predict data with its unrepeated distributed sampler (each image on one rank), which
-    needs an image per rank: when fewer remain, finished ones are predicted again. Returns the count done.
+    needs an image per rank: when fewer remain, finished ones are predicted again. ``maps`` gives the second
+    level's probability-map channels of the samples. Returns the count done.
     """
     if writer not in trainer.callbacks:
         raise ValueError("the trainer must have the PngWriter among its callbacks")
@@ -257,7 +260,8 @@ def predict_missing(
     if len(todo) < trainer.world_size:
         done = [sample for sample in samples if sample not in todo]
         todo += done[: trainer.world_size - len(todo)]
-    dataset = CarvanaDataset(todo, A.Compose(module.geometry.eval()))
+    transform = A.Compose(module.geometry.eval())
+    dataset = StackedDataset(todo, maps(todo), transform) if maps else CarvanaDataset(todo, transform)
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=torch.cuda.is_available()
     )

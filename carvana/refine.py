@@ -8,19 +8,18 @@ At test time the maps are the first-level models' test predictions (``predict.py
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import albumentations as A
 import cv2
 import numpy as np
 
-from carvana import folds
-from carvana.dataset import CarvanaDataset, Sample, read_image
-from carvana.errors import CarvanaError
-from carvana.oof import OOF_DIR
-
-IMAGE_CHANNELS = 3
+from carvana import folds, oof
+from carvana.dataset import Sample, read_mask
+from carvana.errors import CarvanaError, check_files, report
+from carvana.postprocess import dice
 
 
 def check_folds(sources: Sequence[Path], table: Mapping[str, int]) -> None:
@@ -34,48 +33,45 @@ def check_folds(sources: Sequence[Path], table: Mapping[str, int]) -> None:
                 raise CarvanaError(f"data.sources: {path} splits the cars differently from this run")
 
 
-def oof_maps(
-    sources: Sequence[Path], samples: Sequence[Sample], table: Mapping[str, int]
-) -> list[list[Path]]:
-    """For each sample, its out-of-fold map from each source: the source's run of the car's own fold."""
-    maps = [
-        [source / f"fold{table[s.car]}" / OOF_DIR / f"{s.image_id}.png" for source in sources]
-        for s in samples
-    ]
-    return _existing(maps, "out-of-fold map (run the sources' OOF step)")
-
-
 def test_maps(sources: Sequence[Path], samples: Sequence[Sample]) -> list[list[Path]]:
     """For each test sample, each source's test prediction ``<source>/<id>.png``."""
-    return _existing(
+    return check_files(
         [[source / f"{s.image_id}.png" for source in sources] for s in samples], "test prediction"
     )
 
 
-def _existing(maps: list[list[Path]], what: str) -> list[list[Path]]:
-    missing = [path for paths in maps for path in paths if not path.is_file()]
-    if missing:
-        raise CarvanaError(f"{missing[0]}: no {what}; {len(missing)} missing")
-    return maps
+def compare(
+    refine_dir: str | Path, sources: Sequence[str | Path], threshold: float = 0.5
+) -> dict[str, float]:
+    """Pooled out-of-fold Dice of the refiner's folds against the plain mean of its sources' maps on the same
+    images: the number that says whether the second level earns its keep."""
+    runs = sorted(path.parent for path in Path(refine_dir).glob(f"fold*/{oof.SCORE}"))
+    if not runs:
+        raise CarvanaError(f"{refine_dir}: no fold*/{oof.SCORE} (train the refiner's folds first)")
+    sources = [Path(source) for source in sources]
+    scores = []
+    for run in runs:
+        samples = oof.validation_samples(run)
+        maps = oof.oof_maps(sources, samples, folds.read(run / "folds.csv"))
+        for sample, paths in zip(samples, maps, strict=True):
+            mean = np.mean([cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in paths], axis=0)
+            scores.append(dice(mean > threshold * 255, read_mask(sample.mask)))
+    return {"mean of sources": float(np.mean(scores)), "refine": oof.pooled_dice(runs)}
 
 
-class StackedDataset(CarvanaDataset):
-    """``CarvanaDataset`` whose images carry the K probability maps as channels 4..3+K (uint8)."""
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``REFINE_DIR --sources A B ...`` prints both pooled OOF Dice scores."""
+    parser = argparse.ArgumentParser(prog="python -m carvana.refine", description=__doc__.splitlines()[0])
+    parser.add_argument("refine_dir", type=Path, help="the refiner's experiment folder, e.g. outputs/refine")
+    parser.add_argument("--sources", type=Path, nargs="+", required=True, help="its data.sources")
+    args = parser.parse_args(argv)
 
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        maps: Sequence[Sequence[Path]],
-        transform: A.Compose,
-        transform_mask: bool = True,
-    ):
-        super().__init__(samples, transform, transform_mask)
-        self.maps = list(maps)
+    def action() -> str:
+        scores = compare(args.refine_dir, args.sources)
+        return "\n".join(f"{name} (pooled OOF Dice): {value:.6f}" for name, value in scores.items())
 
-    def load_image(self, index: int) -> np.ndarray:
-        image = read_image(self.samples[index].image)
-        probs = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in self.maps[index]]
-        for path, prob in zip(self.maps[index], probs, strict=True):
-            if prob is None or prob.shape != image.shape[:2]:
-                raise CarvanaError(f"{path}: unreadable, or not the size of {self.samples[index].image}")
-        return np.dstack([image, *probs])
+    return report(action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

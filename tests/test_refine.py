@@ -1,8 +1,13 @@
 """The second level reads only out-of-fold maps: each map comes from the run that never saw its car."""
 
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
+from runs import REPO, train
 
 from carvana import folds, synthetic
 from carvana.datamodule import CarvanaDataModule
@@ -84,3 +89,49 @@ def test_sources_split_differently_are_refused(layout, tmp_path):
             datamodule(root, sources, tmp).setup()
     finally:
         path.write_text(original)
+
+
+@pytest.mark.slow
+def test_second_level_end_to_end(tmp_path):
+    """Two first-level models on 2 folds (OOF maps written at the end of each fold), the refiner on their
+    maps, its comparison with their plain mean, and a test-set prediction from their test maps."""
+    tiny = ["n_folds=2", "data.synthetic.cars=6", "trainer.max_epochs=2", "logger=none"]
+    first = train(tmp_path, "-m", "model=linknet18,unet_resnet34", "fold=0,1", *tiny)
+    assert first.returncode == 0, first.stderr[-3000:]
+    outputs = tmp_path / "outputs"
+    sources = [outputs / "linknet18", outputs / "unet_resnet34"]
+    refined = train(
+        tmp_path, "-m", "+experiment=refine", "fold=0,1", *tiny,
+        f"data.sources=[{sources[0]},{sources[1]}]",
+    )  # fmt: skip
+    assert refined.returncode == 0, refined.stderr[-3000:]
+    for fold in (0, 1):
+        assert (outputs / "refine" / f"fold{fold}" / "oof_score.json").is_file()
+
+    compare = subprocess.run(
+        [sys.executable, "-m", "carvana.refine", str(outputs / "refine"), "--sources", *map(str, sources)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert compare.returncode == 0, compare.stderr
+    scores = dict(line.split(": ") for line in compare.stdout.splitlines())
+    assert set(scores) == {"mean of sources (pooled OOF Dice)", "refine (pooled OOF Dice)"}
+    assert all(0 < float(value) <= 1 for value in scores.values())
+    print(compare.stdout)
+
+    env = {**os.environ, "CARVANA_CACHE": str(tmp_path / "cache")}
+    for source in sources:
+        done = subprocess.run(
+            [sys.executable, "predict.py", f"checkpoints={source}/fold*/checkpoints/best.ckpt", "trainer=cpu",
+             f"out_dir={tmp_path / 'predictions' / source.name}", "submission=null"],
+            capture_output=True, text=True, cwd=REPO, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    maps = [tmp_path / "predictions" / source.name for source in sources]
+    done = subprocess.run(
+        [sys.executable, "predict.py", f"checkpoints={outputs}/refine/fold*/checkpoints/best.ckpt",
+         "trainer=cpu",
+         f"out_dir={tmp_path / 'predictions' / 'refine'}", f"data.sources=[{maps[0]},{maps[1]}]"],
+        capture_output=True, text=True, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "predictions" / "refine" / "submission.csv").is_file()

@@ -42,7 +42,8 @@ class WandbValidation(pl.Callback):
         n = self.num_images
         target = batch["mask"][:n].float()
         height, width = target.shape[-2:]
-        image = pl_module.geometry.restore(batch["image"][:n].permute(0, 3, 1, 2).float(), height, width)
+        rgb = batch["image"][:n, ..., :3].permute(0, 3, 1, 2).float()  # the second level adds map channels
+        image = pl_module.geometry.restore(rgb, height, width)
         size = (max(1, round(height * self.width / width)), self.width)
         image = F.interpolate(image, size=size, mode="area").round().clamp(0, 255).to(torch.uint8)
         pred = F.interpolate((outputs["probs"][:n] > pl_module.threshold).float(), size=size, mode="nearest")
