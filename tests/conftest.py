@@ -48,3 +48,14 @@ def trained_run(tmp_path_factory) -> Path:
     done = subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "outputs" / "quickstart" / "fold0"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: with 2 threads on a shared 2-core CPU, OpenMP waits cost 10-100x the work itself."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,9 +23,12 @@ TINY = [
 
 def train(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python train.py`` with outputs and the synthetic cache under ``tmp_path``."""
+    flags = [arg for arg in overrides if arg.startswith("-")]  # Hydra reads flags before the overrides
+    overrides = tuple(arg for arg in overrides if not arg.startswith("-"))
     command = [
         sys.executable,
         "train.py",
+        *flags,
         f"paths.output_root={tmp_path / 'outputs'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         *TINY,
