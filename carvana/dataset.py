@@ -91,15 +91,9 @@ class CarvanaDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], transform: A.Compose, transform_mask: bool = True):
-        reuse_freed_buffers()  # DataLoader workers are forked from this process and inherit it
         self.samples = list(samples)
         self.transform = transform
         self.transform_mask = transform_mask
-
-    def __setstate__(self, state: dict) -> None:
-        """Unpickled in a spawned (not forked) DataLoader worker, which needs the allocator setting too."""
-        reuse_freed_buffers()
-        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -109,6 +103,7 @@ class CarvanaDataset(Dataset):
         return read_image(self.samples[index].image)
 
     def __getitem__(self, index: int) -> dict:
+        reuse_freed_buffers()  # in the process that decodes (a DataLoader worker, or this one); cached
         sample = self.samples[index]
         image = self.load_image(index)
         item: dict = {"id": sample.image_id, "height": image.shape[0], "width": image.shape[1]}

@@ -34,29 +34,53 @@ _TIE = 1e-5  # float32 sums of normalised weights miss an exact 0.5 by ~1e-7; a 
 Settings = tuple[tuple[str, ...], str, tuple[float, ...], bool]
 
 
-def _combine(image_id: str, settings: Settings) -> str:
-    """Read one image's K maps, combine them, write the output PNG; returns the id."""
-    inputs, out, weights, vote = settings
+def _equal_weights_table(count: int, vote: bool) -> np.ndarray:
+    """uint8 result for every possible integer sum of ``count`` equally weighted maps (or votes)."""
+    sums = np.arange((1 if vote else 255) * count + 1)
+    if vote:
+        return np.where(2 * sums >= count, 255, 0).astype(np.uint8)  # a tie counts as car
+    return ((2 * sums + count) // (2 * count)).astype(np.uint8)  # the mean, rounded half up
+
+
+def combine(paths: Sequence[str], weights: Sequence[float], vote: bool = False) -> np.ndarray:
+    """The uint8 map of one image from its maps at ``paths`` with normalised ``weights``: the weighted mean
+    rounded half up, or with ``vote`` 255 where the weighted share of maps >= 128 is at least half, else 0.
+
+    Equal weights (the common case) sum exactly in integers and take the result from a table: three times
+    faster than float32, and exact on ties, which float32 sums of 1/K miss by ~1e-7 either way.
+    """
+    equal = len(set(weights)) == 1
+    dtype = (np.uint16 if 255 * len(paths) <= 0xFFFF else np.uint32) if equal else np.float32
     acc: np.ndarray | None = None
-    shape_of = ""
-    for folder, weight in zip(inputs, weights, strict=True):
-        path = os.path.join(folder, f"{image_id}.png")
+    for path, weight in zip(paths, weights, strict=True):
         prob = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
         if prob is None:
             raise CarvanaError(f"cannot read prediction {path} as an image")
         if acc is None:
-            acc, shape_of = np.zeros(prob.shape, np.float32), path
+            acc = np.zeros(prob.shape, dtype)
         elif prob.shape != acc.shape:
             raise CarvanaError(
-                f"{image_id}: {path} is {prob.shape[1]}x{prob.shape[0]}, {shape_of} is "
+                f"{Path(path).stem}: {path} is {prob.shape[1]}x{prob.shape[0]}, {paths[0]} is "
                 f"{acc.shape[1]}x{acc.shape[0]}"
             )
-        acc += (prob >= VOTE_CUTOFF if vote else prob) * np.float32(weight)
-    assert acc is not None
+        if vote:
+            prob = (prob >= VOTE_CUTOFF).view(np.uint8)
+        if equal:
+            np.add(acc, prob, out=acc)
+        else:
+            acc += prob * np.float32(weight)
+    assert acc is not None, "combine needs at least one map"
+    if equal:
+        return _equal_weights_table(len(paths), vote)[acc]
     if vote:
-        result = (acc >= np.float32(0.5 - _TIE)).view(np.uint8) * np.uint8(255)
-    else:
-        result = (acc + np.float32(0.5)).astype(np.uint8)  # round half up; acc <= 255 up to ~1e-4
+        return (acc >= np.float32(0.5 - _TIE)).view(np.uint8) * np.uint8(255)
+    return (acc + np.float32(0.5)).astype(np.uint8)  # round half up; acc <= 255 up to ~1e-4
+
+
+def _combine(image_id: str, settings: Settings) -> str:
+    """Combine one image's K maps and write the output PNG; returns the id."""
+    inputs, out, weights, vote = settings
+    result = combine([os.path.join(folder, f"{image_id}.png") for folder in inputs], weights, vote)
     # OpenCV's default PNG settings (level 1, Z_RLE strategy) beat IMWRITE_PNG_COMPRESSION=1, which also
     # switches to the default strategy: 8 ms and 160 kB against 20 ms and 200 kB (decoding costs 5 ms more).
     ok, png = cv2.imencode(".png", result)
@@ -66,7 +90,7 @@ def _combine(image_id: str, settings: Settings) -> str:
     return image_id
 
 
-def _weights(weights: Sequence[float] | None, count: int) -> tuple[float, ...]:
+def normalised_weights(weights: Sequence[float] | None, count: int) -> tuple[float, ...]:
     """Checked weights normalised to sum 1."""
     if weights is None:
         return (1.0 / count,) * count
@@ -107,7 +131,7 @@ def average(
     if not folders:
         raise CarvanaError("no input prediction folder")
     check_workers(workers)
-    norm = _weights(weights, len(folders))
+    norm = normalised_weights(weights, len(folders))
     for folder in folders:
         check_folder(folder, "prediction folder")
         if out.resolve() == folder.resolve():

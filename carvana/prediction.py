@@ -207,26 +207,28 @@ class PredictionModule(pl.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """float32 probabilities (N, 1, h, w) on the network's grid of a uint8 (N, h, w, C) batch.
 
-        The flipped copy joins the batch (one pass of 2N); sigmoid comes before any averaging.
+        The flipped copy is a second pass of N rather than joining the batch: concatenating copied the whole
+        float input, and one pass of 2N was slower than two of N (bench/results.md, prediction) and holds
+        twice the activations. Sigmoid comes before any averaging; the sums run in place.
         """
         x = network_input(image, self.mean, self.std)
-        n = len(x)
-        if self.hflip:
-            x = torch.cat([x, x.flip(-1)])
-        total = torch.zeros((), device=x.device)
+        flipped = x.flip(-1) if self.hflip else None
+        total: torch.Tensor | None = None
         for net, weight in zip(self.nets, self.weights, strict=True):
             prob = net(x).float().sigmoid()
-            if self.hflip:
-                prob = (prob[:n] + prob[n:].flip(-1)) / 2
-            total = total + weight * prob
+            if flipped is not None:
+                prob.add_(net(flipped).float().sigmoid().flip(-1)).div_(2)
+            total = prob.mul_(weight) if total is None else total.add_(prob, alpha=weight)
+        assert total is not None, "the constructor requires at least one network"
         return total
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch["image"])
         sizes = zip(batch["height"].tolist(), batch["width"].tolist(), strict=True)
         maps = [
-            (self.geometry.restore(prob[None], height, width)[0, 0] * 255)
-            .round()
+            self.geometry.restore(prob[None], height, width)[0, 0]
+            .mul(255)
+            .round_()
             .to(torch.uint8)
             .contiguous()
             for prob, (height, width) in zip(probs, sizes, strict=True)

@@ -18,14 +18,14 @@ import multiprocessing
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 import cv2
 import numpy as np
 
-from carvana import rle
+from carvana import ensemble, rle
 from carvana.errors import CarvanaError, check_folder, check_fraction, check_workers, report
 
 HEADER = "img,rle_mask"
@@ -70,17 +70,22 @@ def _png_name(img: str) -> str:
     return Path(img).stem + ".png"
 
 
-# (cutoff, postprocess, shape): mask = png > cutoff, then postprocess; shape (H, W) is enforced when set.
-Settings = tuple[int, Postprocess | None, tuple[int, int] | None]
+# (cutoff, postprocess, shape, weights, vote): mask = png > cutoff, then postprocess; shape (H, W) is enforced
+# when set; the weights and vote combine the maps of several folders (carvana.ensemble.combine).
+Settings = tuple[int, Postprocess | None, tuple[int, int] | None, tuple[float, ...], bool]
 _worker_settings: Settings | None = None
 
 
-def _encode_png(path: str, settings: Settings) -> str:
-    """RLE of one prediction PNG."""
-    cutoff, postprocess, shape = settings
-    prob = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if prob is None:
-        raise CarvanaError(f"cannot read prediction {path} as an image")
+def _encode_png(paths: tuple[str, ...], settings: Settings) -> str:
+    """RLE of one image's prediction PNG, or of the combination of its PNGs in several folders."""
+    cutoff, postprocess, shape, weights, vote = settings
+    path = paths[0]
+    if len(paths) > 1 or vote:
+        prob = ensemble.combine(paths, weights, vote)
+    else:
+        prob = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if prob is None:
+            raise CarvanaError(f"cannot read prediction {path} as an image")
     if shape is not None and prob.shape != shape:
         raise CarvanaError(
             f"prediction {path} is {prob.shape[1]}x{prob.shape[0]}, expected "
@@ -101,13 +106,13 @@ def _init_worker(settings: Settings) -> None:
     _worker_settings = settings
 
 
-def _encode_png_in_worker(path: str) -> str:
+def _encode_png_in_worker(paths: tuple[str, ...]) -> str:
     assert _worker_settings is not None, "_init_worker did not run"
-    return _encode_png(path, _worker_settings)
+    return _encode_png(paths, _worker_settings)
 
 
 def write(
-    pred_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike | Sequence[str | os.PathLike],
     sample_submission: str | os.PathLike,
     out: str | os.PathLike,
     threshold: float = 0.5,
@@ -116,6 +121,8 @@ def write(
     workers: int = 0,
     compress: bool = False,
     shape: tuple[int, int] | None = None,
+    weights: Sequence[float] | None = None,
+    vote: bool = False,
 ) -> Path:
     """Write the submission for ``pred_dir`` in sample order, atomically; returns ``out``.
 
@@ -123,30 +130,38 @@ def write(
     that start methods other than fork can pickle it). ``subset`` writes only the rows that have a PNG
     instead of failing when one is missing; ``shape`` (H, W), when given, is enforced on every PNG;
     ``workers=0`` uses every CPU, 1 encodes in this process; ``compress`` writes gzip to an ``out`` ending
-    in .gz.
+    in .gz. ``pred_dir`` may be a list of prediction folders: each row is then their combination with
+    ``weights`` and ``vote`` as ``carvana.ensemble.average`` makes it, computed on the fly, so the rows are
+    those of averaging into a folder first, without encoding and decoding its PNGs (a fifth faster).
     """
-    pred_dir, sample_submission, out = Path(pred_dir), Path(sample_submission), Path(out)
+    folders = [Path(pred_dir)] if isinstance(pred_dir, str | os.PathLike) else [Path(d) for d in pred_dir]
+    sample_submission, out = Path(sample_submission), Path(out)
     check_fraction("threshold", threshold)
     check_workers(workers)
+    if not folders:
+        raise CarvanaError("no prediction folder")
+    norm = ensemble.normalised_weights(weights, len(folders))
     if compress != out.name.endswith(".gz"):
         raise CarvanaError(f"output {out} must end in .gz exactly when compress is set (compress={compress})")
-    check_folder(pred_dir, "prediction folder")
+    for folder in folders:
+        check_folder(folder, "prediction folder")
+    where = ", ".join(map(str, folders))
     images = read_sample(sample_submission)
-    present = {entry.name for entry in os.scandir(pred_dir)}
+    present = set.intersection(*({entry.name for entry in os.scandir(folder)} for folder in folders))
     found = [_png_name(img) in present for img in images]
     rows = [img for img, ok in zip(images, found, strict=True) if ok]
     missing = [Path(img).stem for img, ok in zip(images, found, strict=True) if not ok]
     if missing and not subset:
         raise CarvanaError(
             f"{len(missing)} of {len(images)} images in {sample_submission.name} have no "
-            f"prediction in {pred_dir}, first: {', '.join(missing[:3])} (subset=True writes "
+            f"prediction in {where}, first: {', '.join(missing[:3])} (subset=True writes "
             "only the rows present)"
         )
     if not rows:
-        raise CarvanaError(f"no prediction in {pred_dir} matches an image of {sample_submission.name}")
+        raise CarvanaError(f"no prediction in {where} matches an image of {sample_submission.name}")
     workers = min(workers or os.cpu_count() or 1, len(rows))
-    settings: Settings = (math.floor(threshold * 255), postprocess, shape)
-    paths = [str(pred_dir / _png_name(img)) for img in rows]
+    settings: Settings = (math.floor(threshold * 255), postprocess, shape, norm, vote)
+    paths = [tuple(str(folder / _png_name(img)) for folder in folders) for img in rows]
 
     # Same folder, so os.replace is atomic; opened with "x" rather than mkstemp to keep umask permissions.
     tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
@@ -221,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument("--height", type=int, default=rle.SHAPE[0])
     chk.add_argument("--width", type=int, default=rle.SHAPE[1])
     wrt = commands.add_parser("write", help="write a submission from a folder of probability PNGs")
-    wrt.add_argument("pred_dir", type=Path)
+    wrt.add_argument("pred_dir", type=Path, nargs="+", help="prediction folder(s); several are combined")
     wrt.add_argument("--sample", type=Path, required=True, help="sample_submission.csv (row order)")
     wrt.add_argument("--out", type=Path, required=True)
     wrt.add_argument("--threshold", type=float, default=0.5)
+    wrt.add_argument("--weights", type=float, nargs="+", help="one per prediction folder (default: equal)")
+    wrt.add_argument("--vote", action="store_true", help="majority vote of the folders instead of the mean")
     wrt.add_argument("--subset", action="store_true", help="write only the rows that have a PNG")
     wrt.add_argument("--workers", type=int, default=0, help="processes; 0 = one per CPU")
     wrt.add_argument("--gzip", action="store_true", help="gzip the output (name it .csv.gz)")
@@ -248,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             compress=args.gzip,
             shape=shape,
+            weights=args.weights,
+            vote=args.vote,
         )
         return f"{out.name}: written"
 

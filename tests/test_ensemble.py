@@ -57,6 +57,19 @@ def test_mean_equals_numpy(folders, tmp_path):
     assert manifest["input_manifests"] == [{"model": 0}, {"model": 1}, {"model": 2}]
 
 
+def test_equal_weights_round_exact_ties_up(tmp_path):
+    """Equal weights sum in integers: a mean of exactly v + 0.5 is always v + 1, as the rule says (float32
+    sums of 0.1 rounded 80 of these 255 ties down)."""
+    values = np.arange(255, dtype=np.uint8)[None].repeat(4, 0)
+    folders = []
+    for k in range(10):
+        folders.append(tmp_path / f"model{k}")
+        folders[-1].mkdir()
+        assert cv2.imwrite(str(folders[-1] / f"{IDS[0]}.png"), values if k < 5 else values + 1)
+    out = average(folders, tmp_path / "out", workers=1)
+    np.testing.assert_array_equal(read(out / f"{IDS[0]}.png"), values + 1)
+
+
 def test_weights_are_normalised_and_zero_means_ignored(folders, tmp_path):
     out = average(folders, tmp_path / "out", weights=[2, 4, 0], workers=1)
     for image_id in IDS:

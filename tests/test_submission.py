@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana import rle, submission
+from carvana import ensemble, rle, submission
 from carvana.errors import CarvanaError
 from tests.conftest import REPO
 
@@ -88,6 +88,28 @@ def test_workers_give_the_same_bytes(case, tmp_path):
         two = submission.write(pred, sample, tmp_path / "2" / name, workers=2, compress=compress)
         every_cpu = submission.write(pred, sample, tmp_path / "0" / name, workers=0, compress=compress)
         assert one.read_bytes() == two.read_bytes() == every_cpu.read_bytes()
+
+
+@pytest.mark.parametrize(("weights", "vote"), [(None, False), ([1, 3, 0], False), (None, True)])
+def test_several_folders_give_the_rows_of_their_ensemble(case, tmp_path, weights, vote):
+    """Rows straight from K folders equal those of carvana.ensemble.average's folder, without it."""
+    pred, sample, _ = case
+    rng = np.random.default_rng(1)
+    folders = [pred]
+    for k in (1, 2):
+        folder = tmp_path / f"model{k}"
+        folder.mkdir()
+        for png in pred.glob("*.png"):
+            noise = rng.integers(-40, 41, (1280, 1918))
+            noisy = np.clip(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE) + noise, 0, 255).astype(np.uint8)
+            assert cv2.imwrite(str(folder / png.name), noisy)
+        folders.append(folder)
+    averaged = ensemble.average(folders, tmp_path / "mean", weights=weights, vote=vote, workers=1)
+    direct = submission.write(folders, sample, tmp_path / "direct.csv", weights=weights, vote=vote, workers=2)
+    two_steps = submission.write(averaged, sample, tmp_path / "two_steps.csv", workers=1)
+    assert direct.read_text() == two_steps.read_text()
+    with pytest.raises(CarvanaError, match="2 weights for 3 input folders"):
+        submission.write(folders, sample, tmp_path / "bad.csv", weights=[1, 2])
 
 
 def test_gzip_round_trips(case, tmp_path):
