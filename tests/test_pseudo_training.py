@@ -68,13 +68,13 @@ def test_pseudo_root_with_a_training_car_is_refused(data, tmp_path):
 
 def test_init_from_starts_with_the_given_weights(data, tmp_path):
     _, _, pseudo_root = data
-    first = train(tmp_path, "model=linknet18", "logger=none", "name=pretrain")
+    first = train(tmp_path, "model=linknet18", "logger=none", "oof=false", "name=pretrain")
     assert first.returncode == 0, first.stderr[-3000:]
     pretrained = tmp_path / "outputs" / "pretrain" / "fold0" / "checkpoints" / "best.ckpt"
 
     # learning rate 0: the fine-tuned network's parameters must stay exactly the pretrained ones
     second = train(
-        tmp_path, "model=linknet18", "logger=none", "name=finetune", f"init_from={pretrained}",
+        tmp_path, "model=linknet18", "logger=none", "oof=false", "name=finetune", f"init_from={pretrained}",
         "optimizer.lr=0", "scheduler=none", f"data.pseudo_root={pseudo_root}",
     )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
@@ -92,7 +92,7 @@ def test_init_from_starts_with_the_given_weights(data, tmp_path):
 
 
 def test_init_from_a_missing_checkpoint_is_one_line(tmp_path):
-    result = train(tmp_path, "logger=none", f"init_from={tmp_path / 'none.ckpt'}")
+    result = train(tmp_path, "logger=none", "oof=false", f"init_from={tmp_path / 'none.ckpt'}")
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
         f"error: init_from={tmp_path / 'none.ckpt'}: no such checkpoint"
     )
