@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch import nn
@@ -85,3 +86,18 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
 def as_bool_masks(samples: list[Sample]) -> list[np.ndarray]:
     """The samples' masks decoded once, as the boolean arrays a submission thresholds to."""
     return [read_mask(sample.mask) != 0 for sample in samples if sample.mask is not None]
+
+
+def bare_trainer(**kwargs) -> pl.Trainer:
+    """A Trainer with no logger, checkpoints, progress bar or summary: only the work being measured."""
+    return pl.Trainer(
+        **{
+            "accelerator": "cpu",
+            "devices": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **kwargs,
+        }
+    )

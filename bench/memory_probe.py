@@ -14,10 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
-from bench.data import MEAN, STD, TINY, conv_net
+from bench.data import MEAN, STD, TINY, bare_trainer, conv_net
 from carvana.dataset import Sample, list_images
 from carvana.geometry import Geometry
 from carvana.prediction import PredictionModule, predict_missing
@@ -33,15 +32,7 @@ def main(folder: Path, count: int) -> dict[str, float]:
     module = PredictionModule([conv_net(TINY)], Geometry(), list(MEAN), list(STD), hflip=True)
     with tempfile.TemporaryDirectory(prefix="carvana-bench-memory-") as out:
         writer = PngWriter(out, threads=2)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[writer],
-        )
+        trainer = bare_trainer(callbacks=[writer])
         done = predict_missing(trainer, module, samples, writer, 0.0, 2, 2)
         written = len(list(Path(out).glob("*.png")))
     assert done == written == count, (done, written, count)

@@ -33,7 +33,18 @@ import ttach
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench.data import MEAN, SMALL, STD, TINY, conv_net, full_root, normalise, real_samples, scaled_copies
+from bench.data import (
+    MEAN,
+    SMALL,
+    STD,
+    TINY,
+    bare_trainer,
+    conv_net,
+    full_root,
+    normalise,
+    real_samples,
+    scaled_copies,
+)
 from bench.harness import Case, Comparison, Settings, compare, interleave
 from carvana.dataset import CarvanaDataset, Sample, test_samples
 from carvana.geometry import Geometry
@@ -79,15 +90,7 @@ def project(net: nn.Module, samples: list[Sample], out: Path) -> float:
     """The project's prediction path, exactly as predict.py drives it."""
     module = PredictionModule([net], Geometry(), list(MEAN), list(STD), hflip=True)
     writer, clock = PngWriter(out, threads=WRITER_THREADS), BatchClock()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[writer, clock],
-    )
+    trainer = bare_trainer(callbacks=[writer, clock])
     predict_missing(trainer, module, samples, writer, 0.0, BATCH, WORKERS)
     return after_first_batch(len(samples), clock.times[0], clock.times[-1])
 
