@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from bench.data import (
 from bench.harness import Case, Comparison, Settings, compare, interleave
 from carvana.dataset import CarvanaDataset, Sample, test_samples
 from carvana.geometry import Geometry
-from carvana.module import network_input
+from carvana.module import NetworkInput
 from carvana.prediction import PredictionModule, predict_missing
 from carvana.writer import PngWriter
 
@@ -144,11 +143,9 @@ def agree(net: nn.Module, samples: list[Sample], project_dir: Path, ttach_dir: P
     return {"tta_equals_ttach": torch.allclose(mine, theirs, atol=1e-6), "pngs_equal_ttach": same}
 
 
-def peak_memory(
-    folder: Path, counts: tuple[int, int], repeats: int, env: dict[str, str] | None = None
-) -> Comparison:
+def peak_memory(folder: Path, counts: tuple[int, int], repeats: int) -> Comparison:
     """Peak RSS of fresh processes predicting ``counts[0]`` and ``counts[1]`` images of ``folder``
-    (bench.memory_probe), a pair per repeat, with ``env`` added to their environment."""
+    (bench.memory_probe), a pair per repeat."""
     names = [f"{count} images" for count in counts]
     runs: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
@@ -159,7 +156,6 @@ def peak_memory(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                env={**os.environ, **(env or {})},
             )
             for count in counts
         ]
@@ -168,29 +164,21 @@ def peak_memory(
             if probe.returncode:
                 raise RuntimeError(f"{' '.join(probe.args)} failed ({probe.returncode}): {err[-2000:]}")
             runs[name].append(json.loads(out.splitlines()[-1])["peak_rss_mb"])
-    label = f"peak RSS, {names[1]} vs {names[0]}" + "".join(f", {k}={v}" for k, v in (env or {}).items())
-    return compare(label, "MB", runs, names[1], names[0], 1.1, "<=")
+    return compare(f"peak RSS, {names[1]} vs {names[0]}", "MB", runs, names[1], names[0], 1.1, "<=")
 
 
 @torch.inference_mode()
-def input_cost(images: list[torch.Tensor]) -> tuple[float, float]:
-    """Seconds per image of what the project does to a uint8 batch besides the passes, the normalised
-    float input (``carvana.module.network_input``) and its flipped copy; and of the same with the
-    normalisation done in place, which gives identical values. Medians of three rounds."""
-    mean = torch.tensor(MEAN).view(1, -1, 1, 1) * 255
-    std = torch.tensor(STD).view(1, -1, 1, 1) * 255
-    ways = {
-        "network_input": lambda image: network_input(image, mean, std),
-        "in place": lambda image: image.permute(0, 3, 1, 2).float().sub_(mean).div_(std),
-    }
-    rounds: dict[str, list[float]] = {name: [] for name in ways}
+def input_cost(images: list[torch.Tensor]) -> float:
+    """Seconds per image of what the project does to a uint8 batch besides the passes: the normalised float
+    input (``carvana.module.NetworkInput``) and its flipped copy. Median of three rounds."""
+    prepare = NetworkInput(MEAN, STD)
+    rounds = []
     for _ in range(3):
-        for name, prepare in ways.items():
-            start = time.perf_counter()
-            for image in images:
-                prepare(image).flip(-1)
-            rounds[name].append((time.perf_counter() - start) / (BATCH * len(images)))
-    return statistics.median(rounds["network_input"]), statistics.median(rounds["in place"])
+        start = time.perf_counter()
+        for image in images:
+            prepare(image).flip(-1)
+        rounds.append((time.perf_counter() - start) / (BATCH * len(images)))
+    return statistics.median(rounds)
 
 
 def run(settings: Settings) -> Case:
@@ -232,23 +220,18 @@ def run(settings: Settings) -> Case:
     folder = scaled[0].image.parent
     memory = peak_memory(folder, counts, settings.repeats)
     case.comparisons.append(memory)
-    if not memory.met:
-        fixed = peak_memory(folder, counts, 1, {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)})
-        case.comparisons.append(fixed)
-        case.notes.append(
-            f"peak RSS grows with the image count ({memory.baseline:,.0f} to {memory.project:,.0f} MB), "
-            "though maps are written as they come and none is kept: glibc raises its mmap threshold after "
-            "the first large free, and the large tensors then fragment the heap. With a fixed threshold (the "
-            f"environment variable above) the peaks were {fixed.baseline:,.0f} and {fixed.project:,.0f} MB."
-        )
+    case.notes.append(
+        f"peak RSS: {memory.baseline:,.0f} MB for {counts[0]} images, {memory.project:,.0f} MB for "
+        f"{counts[1]}; maps are written as they come and none is kept, and the predicting process maps "
+        "its large buffers on their own (carvana.io.unmap_large_buffers), so the heap does not fragment"
+    )
     overhead = 1 / head.project - 1 / head.baseline
-    current, in_place = input_cost(images)
+    prepare = input_cost(images)
     case.notes.append(
         f"per image: {1e3 / head.project:.0f} ms for the project against {1e3 / head.baseline:.0f} ms for "
         f"the bare passes, {1e3 * overhead:.0f} ms more; normalising the uint8 batch and making its flipped "
-        f"copy take {1e3 * current:.0f} ms of it on the compute thread ({1e3 * in_place:.0f} ms if "
-        "carvana.module.network_input normalised in place, x.sub_(mean).div_(std), same values). JPEG "
-        "decoding (DataLoader workers) and PNG encoding (writer threads) run beside the passes."
+        f"copy take {1e3 * prepare:.0f} ms of it on the compute thread. JPEG decoding (DataLoader workers) "
+        "and PNG encoding (writer threads) run beside the passes."
     )
     fraction = "a fortieth" if settings.smoke else "a tenth"
     case.setup = {

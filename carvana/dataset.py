@@ -103,7 +103,7 @@ class CarvanaDataset(Dataset):
         return read_image(self.samples[index].image)
 
     def __getitem__(self, index: int) -> dict:
-        reuse_freed_buffers()  # in the process that decodes (a DataLoader worker, or this one); cached
+        reuse_freed_buffers()  # in the process that decodes: a DataLoader worker, or this one
         sample = self.samples[index]
         image = self.load_image(index)
         item: dict = {"id": sample.image_id, "height": image.shape[0], "width": image.shape[1]}

@@ -1,4 +1,5 @@
-"""Writing files whole or not at all: a reader never sees half a file, even after a crash."""
+"""Files written whole or not at all (a reader never sees half a file, even after a crash), and how a
+process's allocator treats image-sized buffers."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 @functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has mallopt and malloc_trim), else None: nothing changes there."""
+    libc = ctypes.CDLL(None)
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+_unmapping_pid: int | None = None  # the process that chose unmap_large_buffers, if any
+
+
 def reuse_freed_buffers() -> bool:
     """Make glibc's malloc keep freed image-sized buffers for the next sample instead of unmapping them.
 
@@ -44,12 +54,31 @@ def reuse_freed_buffers() -> bool:
     unmaps it on free, so the next sample faults it in again, page by page: on a shared 2-core VM OpenCV's
     JPEG decode took twice as long that way, and a 1918x1280 training pair 14.3 instead of 11.4 ms. With
     this, allocations up to 32 MB (glibc's maximum) come from the heap, which gives memory back once 64 MB
-    are free at its top. The price is a fragmented heap, holding more than it uses (a process predicting
-    500 images peaked 14% higher than one predicting 50): so only the process that decodes samples calls
-    it (``CarvanaDataset.__getitem__``: the DataLoader workers), once. False where the C library has no
-    mallopt (not glibc): nothing changes there.
+    are free at its top. The price is a fragmented heap that holds more than it uses, which a decoding
+    process can afford; so the process that decodes samples calls it (``CarvanaDataset.__getitem__``: the
+    DataLoader workers), and it does nothing in a process that chose ``unmap_large_buffers``.
     """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:
+    libc = _glibc()
+    if libc is None or _unmapping_pid == os.getpid():
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 64 << 20))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20))
+
+
+def unmap_large_buffers() -> bool:
+    """Make glibc's malloc map every buffer over 1 MB on its own and unmap it when freed, in this process.
+
+    For the predicting process, which lives for the whole test set: by default glibc raises its mmap
+    threshold after the first large free, the batches' tensors then come from the heap and fragment it, and
+    the peak memory grows with the number of images (14% more for 500 than for 50, bench/results.md). A
+    fixed threshold stops that at no measured cost in speed; DataLoader workers forked later still reuse
+    their buffers (``reuse_freed_buffers``), and this process keeps the setting even when it decodes.
+    """
+    global _unmapping_pid
+    libc = _glibc()
+    if libc is None:
+        return False
+    _unmapping_pid = os.getpid()
+    # glibc's default trim threshold, in case this process raised it; then hand back what the heap holds.
+    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 128 << 10))
+    libc.malloc_trim(0)
+    return done

@@ -27,7 +27,8 @@ from carvana.dataset import CarvanaDataset, Sample, StackedDataset
 from carvana.errors import CarvanaError
 from carvana.geometry import Geometry
 from carvana.instantiate import build_model, instantiate
-from carvana.module import network_input
+from carvana.io import unmap_large_buffers
+from carvana.module import NetworkInput
 from carvana.writer import PngWriter, pending
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,7 @@ class PredictionModule(pl.LightningModule):
         self.nets = nn.ModuleList(nets)
         self.weights = [weight / total for weight in weights]
         self.geometry, self.hflip = geometry, hflip
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+        self.network_input = NetworkInput(mean, std)
 
     @classmethod
     def from_members(cls, group: Sequence[Member], hflip: bool = True) -> PredictionModule:
@@ -209,15 +209,15 @@ class PredictionModule(pl.LightningModule):
 
         The flipped copy is a second pass of N rather than joining the batch: concatenating copied the whole
         float input, and one pass of 2N was slower than two of N (bench/results.md, prediction) and holds
-        twice the activations. Sigmoid comes before any averaging; the sums run in place.
+        twice the activations. Sigmoid comes before any averaging; it and the sums run in place.
         """
-        x = network_input(image, self.mean, self.std)
+        x = self.network_input(image)
         flipped = x.flip(-1) if self.hflip else None
         total: torch.Tensor | None = None
         for net, weight in zip(self.nets, self.weights, strict=True):
-            prob = net(x).float().sigmoid()
+            prob = net(x).float().sigmoid_()
             if flipped is not None:
-                prob.add_(net(flipped).float().sigmoid().flip(-1)).div_(2)
+                prob.add_(net(flipped).float().sigmoid_().flip(-1)).div_(2)
             total = prob.mul_(weight) if total is None else total.add_(prob, alpha=weight)
         assert total is not None, "the constructor requires at least one network"
         return total
@@ -259,6 +259,7 @@ def predict_missing(
     log.info("%s: %d of %d images to predict", writer.out_dir, len(todo), len(samples))
     if not todo:
         return 0
+    unmap_large_buffers()  # this process predicts for as long as the test set lasts: keep its memory flat
     if len(todo) < trainer.world_size:
         done = [sample for sample in samples if sample not in todo]
         todo += done[: trainer.world_size - len(todo)]

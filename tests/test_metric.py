@@ -11,7 +11,7 @@ from carvana.datamodule import CarvanaDataModule
 from carvana.dataset import read_image, read_mask
 from carvana.geometry import Geometry
 from carvana.losses import BceDice
-from carvana.module import SegmentationModule
+from carvana.module import NetworkInput, SegmentationModule
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 WEIGHTS, BIAS = np.array([0.9, -0.2, 0.6]), -0.1
@@ -92,3 +92,20 @@ def test_geometry_shapes_and_restore():
     assert out.shape == (256, 384, 3)
     restored = Geometry("pad").restore(torch.arange(1280 * 1920.0).view(1, 1, 1280, 1920), 1280, 1918)
     assert restored.shape == (1, 1, 1280, 1918) and restored[0, 0, 1, 0] == 1920
+
+
+def test_network_input_standardises_a_copy_and_scales_extra_channels():
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    image = torch.randint(0, 256, (2, 5, 7, 4), dtype=torch.uint8)  # 3 colour channels and one map
+    kept = image.clone()
+    x = NetworkInput(mean, std)(image)
+    pixels = image.numpy().astype(np.float64)
+    expected = np.concatenate(
+        [(pixels[..., :3] / 255 - mean) / std, pixels[..., 3:] / 255], axis=-1
+    ).transpose(0, 3, 1, 2)
+    assert x.dtype == torch.float32 and x.shape == (2, 4, 5, 7)
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(image, kept)
+    floats = kept.float()  # a float batch is copied too, never standardised in place
+    NetworkInput(mean, std)(floats)
+    assert torch.equal(floats, kept.float())
