@@ -70,6 +70,17 @@ def _row(case: Case, comparison: Comparison) -> str:
     )
 
 
+def load_line(info: dict) -> str:
+    """What else the CPUs were doing: the load average before the first case says whether other jobs ran
+    (the benchmark's own processes raise it after that)."""
+    others = info["load_start"][0] >= 1
+    return (
+        ("The CPUs were **shared with other jobs**: " if others else "The CPUs were otherwise idle: ")
+        + f"load average {info['load_start']} at the start and {info['load_end']} at the end (1, 5, 15 min), "
+        f"{info['seconds']:.0f} s in all."
+    )
+
+
 def markdown(cases: list[Case], info: dict) -> str:
     """The human-readable report: machine and load, one table of every comparison, then each case."""
     lines = [
@@ -78,9 +89,7 @@ def markdown(cases: list[Case], info: dict) -> str:
         "",
         f"`python -m bench{info['argv']}` on {info['started']}: {info['cpu']}, {info['cpus']} CPUs "
         f"({info['torch_threads']} torch threads), GPU: {info['cuda'] or 'none'}.",
-        f"The CPUs were **shared with other jobs** (other engineers' training runs): load average "
-        f"{info['load_start']} at the start and {info['load_end']} at the end (1, 5, 15 min), "
-        f"{info['seconds']:.0f} s in all.",
+        load_line(info),
         "",
         (
             "One run of each variant, no warm-up. "

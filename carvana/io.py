@@ -69,9 +69,10 @@ def unmap_large_buffers() -> bool:
 
     For the predicting process, which lives for the whole test set: by default glibc raises its mmap
     threshold after the first large free, the batches' tensors then come from the heap and fragment it, and
-    the peak memory grows with the number of images (14% more for 500 than for 50, bench/results.md). A
-    fixed threshold stops that at no measured cost in speed; DataLoader workers forked later still reuse
-    their buffers (``reuse_freed_buffers``), and this process keeps the setting even when it decodes.
+    the peak memory grew with the number of images (14% more for 500 than for 50 in the prediction benchmark).
+    With a fixed threshold both peak alike, and prediction still runs at 0.92 of its bare forward passes
+    (bench/results.md). DataLoader workers forked later still reuse their buffers (``reuse_freed_buffers``),
+    and this process keeps the setting even when it decodes.
     """
     global _unmapping_pid
     libc = _glibc()
