@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import math
-import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
@@ -22,7 +21,8 @@ import cv2
 import numpy as np
 
 from carvana.errors import CarvanaError, check_folder, check_workers, report
-from carvana.io import atomic_write_bytes, atomic_write_text
+from carvana.io import atomic_write_bytes, atomic_write_text, read_prob
+from carvana.workers import imap_unordered
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ def combine(paths: Sequence[str], weights: Sequence[float], vote: bool = False) 
     dtype = (np.uint16 if 255 * len(paths) <= 0xFFFF else np.uint32) if equal else np.float32
     acc: np.ndarray | None = None
     for path, weight in zip(paths, weights, strict=True):
-        prob = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-        if prob is None:
-            raise CarvanaError(f"cannot read prediction {path} as an image")
+        prob = read_prob(path)
         if acc is None:
             acc = np.zeros(prob.shape, dtype)
         elif prob.shape != acc.shape:
@@ -175,15 +173,8 @@ def average(
 
     settings: Settings = (tuple(map(str, folders)), str(out), norm, vote)
     combine = functools.partial(_combine, settings=settings)
-    workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
-    if workers == 1:
-        for image_id in todo:
-            combine(image_id)
-    else:
-        with multiprocessing.Pool(workers) as pool:
-            chunksize = max(1, min(16, len(todo) // (workers * 4)))
-            for _ in pool.imap_unordered(combine, todo, chunksize=chunksize):
-                pass
+    for _ in imap_unordered(combine, todo, workers):
+        pass
     # The inputs' own manifests keep the provenance whole: which checkpoints and TTA made each input.
     manifest["input_manifests"] = [_read_manifest(folder) for folder in folders]
     atomic_write_text(previous, json.dumps(manifest, indent=2) + "\n")

@@ -1,5 +1,5 @@
-"""Files written whole or not at all (a reader never sees half a file, even after a crash), and how a
-process's allocator treats image-sized buffers."""
+"""Files written whole or not at all (a reader never sees half a file, even after a crash), prediction maps
+read back, and how a process's allocator treats image-sized buffers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import functools
 import os
 import secrets
 from pathlib import Path
+
+import cv2
+import numpy as np
+
+from carvana.errors import CarvanaError
 
 # glibc's mallopt parameters; values as in <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -35,6 +40,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """``atomic_write_bytes`` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode())
+
+
+def read_prob(path: str | Path) -> np.ndarray:
+    """A prediction PNG as its uint8 (H, W) map (v means v/255), or one error line naming the file."""
+    prob = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if prob is None:
+        raise CarvanaError(f"cannot read prediction {path} as an image")
+    return prob
 
 
 @functools.cache

@@ -11,22 +11,19 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from carvana.dataset import MASK_SUFFIX, read_mask
 from carvana.errors import CarvanaError, check_folder, check_fraction, check_workers, report
-
-T = TypeVar("T")
-R = TypeVar("R")
+from carvana.io import read_prob
+from carvana.workers import imap_unordered
 
 
 @dataclass(frozen=True)
@@ -103,9 +100,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def _score(pair: tuple[str, str], cutoff: int, steps: Mapping[str, PostProcess]) -> list[float]:
     """Dice of every variant on one (prediction PNG, true mask GIF) pair."""
     png, gif = pair
-    prob = cv2.imread(png, cv2.IMREAD_GRAYSCALE)
-    if prob is None:
-        raise CarvanaError(f"cannot read prediction {png} as an image")
+    prob = read_prob(png)
     truth = read_mask(Path(gif))
     if prob.shape != truth.shape:
         raise CarvanaError(
@@ -114,15 +109,6 @@ def _score(pair: tuple[str, str], cutoff: int, steps: Mapping[str, PostProcess])
         )
     mask = prob > np.uint8(cutoff)
     return [dice(step(mask), truth) for step in steps.values()]
-
-
-def _map(func: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
-    """``map`` in this process for one worker, else over a fork pool (order not kept)."""
-    if workers == 1:
-        yield from map(func, items)
-        return
-    with multiprocessing.Pool(workers) as pool:
-        yield from pool.imap_unordered(func, items, chunksize=max(1, min(16, len(items) // (workers * 4))))
 
 
 def evaluate(
@@ -154,7 +140,7 @@ def evaluate(
         raise CarvanaError(f"no <id>.png in {oof_dir} has a <id>{MASK_SUFFIX} in {masks_dir}")
     score = functools.partial(_score, cutoff=math.floor(threshold * 255), steps=steps)
     totals = np.zeros(len(steps))
-    for dices in _map(score, pairs, min(workers or os.cpu_count() or 1, len(pairs))):
+    for dices in imap_unordered(score, pairs, workers):
         totals += dices
     return dict(zip(steps, (totals / len(pairs)).tolist(), strict=True))
 

@@ -12,7 +12,6 @@ import functools
 import io
 import logging
 import math
-import multiprocessing
 import os
 import secrets
 import shutil
@@ -25,7 +24,8 @@ from PIL import Image
 
 from carvana.dataset import MASK_SUFFIX, MASKS_DIR
 from carvana.errors import CarvanaError, check_folder, check_fraction, check_workers, report
-from carvana.io import atomic_write_bytes, atomic_write_text
+from carvana.io import atomic_write_bytes, atomic_write_text, read_prob
+from carvana.workers import imap_unordered
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,7 @@ def _select(
     """(id, uncertain share, kept); a kept image's mask is written before its JPEG, so that a JPEG in
     ``train/`` always has its mask, even after a crash."""
     png = pred_dir / f"{image_id}.png"
-    prob = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
-    if prob is None:
-        raise CarvanaError(f"cannot read prediction {png} as an image")
+    prob = read_prob(png)
     share = confidence(prob)
     if share > max_uncertain:
         return image_id, share, False
@@ -141,13 +139,7 @@ def select_and_write(
         max_uncertain=max_uncertain,
         cutoff=math.floor(threshold * 255),
     )
-    workers = min(workers or os.cpu_count() or 1, len(ids))
-    if workers == 1:
-        results = list(map(select, ids))
-    else:
-        with multiprocessing.Pool(workers) as pool:
-            chunksize = max(1, min(16, len(ids) // (workers * 4)))
-            results = list(pool.imap_unordered(select, ids, chunksize=chunksize))
+    results = list(imap_unordered(select, ids, workers))
     kept = sorted((image_id, share) for image_id, share, keep in results if keep)
     atomic_write_text(out_root / CSV, "id,uncertain\n" + "".join(f"{i},{s:.6g}\n" for i, s in kept))
     if kept:

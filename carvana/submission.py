@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-import cv2
 import numpy as np
 
 from carvana import ensemble, rle
 from carvana.errors import CarvanaError, check_folder, check_fraction, check_workers, report
+from carvana.io import read_prob
 
 HEADER = "img,rle_mask"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -80,12 +80,7 @@ def _encode_png(paths: tuple[str, ...], settings: Settings) -> str:
     """RLE of one image's prediction PNG, or of the combination of its PNGs in several folders."""
     cutoff, postprocess, shape, weights, vote = settings
     path = paths[0]
-    if len(paths) > 1 or vote:
-        prob = ensemble.combine(paths, weights, vote)
-    else:
-        prob = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-        if prob is None:
-            raise CarvanaError(f"cannot read prediction {path} as an image")
+    prob = ensemble.combine(paths, weights, vote) if len(paths) > 1 or vote else read_prob(path)
     if shape is not None and prob.shape != shape:
         raise CarvanaError(
             f"prediction {path} is {prob.shape[1]}x{prob.shape[0]}, expected "
