@@ -77,7 +77,8 @@ def conv_net(widths: tuple[int, int, int] = SMALL, seed: int = 0) -> nn.Module:
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:
-    """float NCHW of a uint8 NHWC batch, the way the project's modules normalise on the device."""
+    """float NCHW of a uint8 NHWC batch, as a user writes it: equal to ``carvana.module.NetworkInput`` to
+    float rounding."""
     mean = torch.tensor(MEAN).view(1, -1, 1, 1) * 255
     std = torch.tensor(STD).view(1, -1, 1, 1) * 255
     return (image.permute(0, 3, 1, 2).float() - mean) / std

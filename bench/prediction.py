@@ -230,8 +230,8 @@ def run(settings: Settings) -> Case:
     case.notes.append(
         f"per image: {1e3 / head.project:.0f} ms for the project against {1e3 / head.baseline:.0f} ms for "
         f"the bare passes, {1e3 * overhead:.0f} ms more; normalising the uint8 batch and making its flipped "
-        f"copy take {1e3 * prepare:.0f} ms of it on the compute thread. JPEG decoding (DataLoader workers) "
-        "and PNG encoding (writer threads) run beside the passes."
+        f"copy take {1e3 * prepare:.0f} ms on the compute thread, timed on their own. JPEG decoding "
+        "(DataLoader workers) and PNG encoding (writer threads) run beside the passes."
     )
     fraction = "a fortieth" if settings.smoke else "a tenth"
     case.setup = {
