@@ -34,12 +34,12 @@ from carvana.errors import report as run_command
 from carvana.io import atomic_write_bytes, atomic_write_text
 from carvana.oof import SCORE as OOF_SCORE
 from carvana.oof import pooled_dice
+from carvana.prediction import RUN_CONFIG
 from carvana.training import wandb_id
 
 log = logging.getLogger(__name__)
 
 FOLD_SCORE = "fold_score.json"
-RUN_CONFIG = Path(".hydra") / "config.yaml"
 REPORT = "cv_report"
 FOLD_DIR = re.compile(r"fold\d+")
 
