@@ -8,13 +8,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from carvana.cli import run
-from carvana.predicting import predict
+from carvana.errors import run_task
+from carvana.predict.inference import predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> Path:
-    return run(predict, cfg)
+    return run_task(predict, cfg)
 
 
 if __name__ == "__main__":

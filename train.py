@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from carvana.cli import run
-from carvana.training import train
+from carvana.errors import run_task
+from carvana.train.fit import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run(train, cfg)
+    return run_task(train, cfg)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from carvana.dataset import Sample, read_image, read_mask, train_samples
+from carvana.data.kaggle import Sample, read_image, read_mask, train_samples
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CARVANA_SHARED", REPO.parent / "shared" / "carvana"))
@@ -77,7 +77,7 @@ def conv_net(widths: tuple[int, int, int] = SMALL, seed: int = 0) -> nn.Module:
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:
-    """float NCHW of a uint8 NHWC batch, as a user writes it: equal to ``carvana.module.NetworkInput`` to
+    """float NCHW of a uint8 NHWC batch, as a user writes it: equal to ``carvana.models.NetworkInput`` to
     float rounding."""
     mean = torch.tensor(MEAN).view(1, -1, 1, 1) * 255
     std = torch.tensor(STD).view(1, -1, 1, 1) * 255

@@ -1,7 +1,7 @@
 """Case 5: averaging K=10 probability maps per image, thresholding and RLE-encoding, against reading the maps.
 
-Project: ``carvana.submission.write`` straight from the K prediction folders, and (for comparison) the
-two-step way, ``carvana.ensemble.average`` into a folder of averaged PNGs and ``submission.write`` of it;
+Project: ``carvana.submit.submission.write`` straight from the K prediction folders, and (for comparison)
+the two-step way, ``carvana.submit.ensemble.average`` into a folder of averaged PNGs and ``submission.write``;
 all with their default of one worker process per CPU. Bound: only decoding the K PNGs of every image,
 with a pool of as many processes. The maps are 1918x1280 8-bit PNGs made from real masks: each map is the
 sigmoid of a sharpened, blurred mask plus low-frequency noise, so most pixels are saturated, the car's
@@ -22,8 +22,8 @@ import numpy as np
 from bench.data import real_samples
 from bench.harness import Case, Settings, compare, interleave, rate
 from bench.rle import kaggle_encode
-from carvana import ensemble, submission
-from carvana.dataset import read_mask
+from carvana.data.kaggle import read_mask
+from carvana.submit import ensemble, submission
 
 K = 10
 TEST_IMAGES = 100_064

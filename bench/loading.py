@@ -20,8 +20,9 @@ from torch.utils.data import Dataset
 
 from bench.data import MEAN, STD, normalise, real_samples
 from bench.harness import Case, Settings, compare, interleave, rate
-from carvana.dataset import CarvanaDataset, Sample
-from carvana.geometry import Geometry
+from carvana.data.datasets import CarvanaDataset
+from carvana.data.geometry import Geometry
+from carvana.data.kaggle import Sample
 
 PADDED = (1280, 1920)
 
@@ -117,7 +118,8 @@ def run(settings: Settings) -> Case:
         f"per image: {1e3 / bound.project:.1f} ms for the project, of which the JPEG + GIF decodes are "
         f"{1e3 / bound.baseline:.1f} ms ({100 * bound.ratio:.0f}%); the rest is padding and flipping image "
         "and mask (7 MB and 2.5 MB copies each)",
-        "carvana.io.reuse_freed_buffers, which the project's dataset calls, sets glibc's allocator for the "
-        "whole process: the baselines ran with it too, so the ratio to the PIL pipeline is conservative",
+        "carvana.data.buffers.reuse_freed_buffers, which the project's dataset calls, sets glibc's "
+        "allocator for the whole process: the baselines ran with it too, so the ratio to the PIL pipeline is "
+        "conservative",
     ]
     return case

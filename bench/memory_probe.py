@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from bench.data import MEAN, STD, TINY, bare_trainer, conv_net
-from carvana.dataset import Sample, list_images
-from carvana.geometry import Geometry
-from carvana.prediction import PredictionModule, predict_missing
-from carvana.writer import PngWriter
+from carvana.data.geometry import Geometry
+from carvana.data.kaggle import Sample, list_images
+from carvana.predict.map_writer import PngWriter
+from carvana.predict.prediction_module import PredictionModule, predict_missing
 
 
 def main(folder: Path, count: int) -> dict[str, float]:

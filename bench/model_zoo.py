@@ -21,9 +21,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import carvana.cli  # noqa: F401  (registers the `eq` resolver of the logger config)
-from carvana.instantiate import build_model
-from carvana.io import atomic_write_text
+import carvana.config  # noqa: F401  (registers the `eq` resolver of the logger config)
+from carvana.config import build_model
+from carvana.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -1,11 +1,12 @@
 """Case 3: full-resolution hflip-TTA prediction, PNGs written, against its bare compute and against ttach.
 
-Project: ``carvana.prediction.predict_missing`` (``PredictionModule`` with batched hflip TTA, ``PngWriter``
-threads) under ``trainer.predict``, with ``conf/predict.yaml``'s batch size, workers and writer threads.
-Bare: only the two forward passes per batch (plain and flipped) on tensors already decoded, normalised and in
-memory. ttach: the loop a user writes with ``ttach.SegmentationTTAWrapper`` over the same DataLoader,
-saving each PNG with cv2.imwrite as it comes. All three are timed from the end of their first batch to the
-last PNG on disk (or the last pass), so worker start-up and the first oneDNN kernels are outside the window.
+Project: ``carvana.predict.prediction_module.predict_missing`` (``PredictionModule`` with batched hflip
+TTA, ``PngWriter`` threads) under ``trainer.predict``, with ``conf/predict.yaml``'s batch size, workers and
+writer threads. Bare: only the two forward passes per batch (plain and flipped) on tensors already decoded,
+normalised and in memory. ttach: the loop a user writes with ``ttach.SegmentationTTAWrapper`` over the same
+DataLoader, saving each PNG with cv2.imwrite as it comes. All three are timed from the end of their first
+batch to the last PNG on disk (or the last pass), so worker start-up and the first oneDNN kernels are outside
+the window.
 
 On this CPU a full-resolution pass of a real network takes seconds per image, so the network is
 ``bench.data.conv_net``: the overheads (decode, TTA arithmetic, restoring, PNG encoding) weigh more against
@@ -45,11 +46,12 @@ from bench.data import (
     scaled_copies,
 )
 from bench.harness import Case, Comparison, Settings, compare, interleave
-from carvana.dataset import CarvanaDataset, Sample, test_samples
-from carvana.geometry import Geometry
-from carvana.module import NetworkInput
-from carvana.prediction import PredictionModule, predict_missing
-from carvana.writer import PngWriter
+from carvana.data.datasets import CarvanaDataset
+from carvana.data.geometry import Geometry
+from carvana.data.kaggle import Sample, test_samples
+from carvana.models import NetworkInput
+from carvana.predict.map_writer import PngWriter
+from carvana.predict.prediction_module import PredictionModule, predict_missing
 
 BATCH, WORKERS, WRITER_THREADS = (
     2,
@@ -170,7 +172,7 @@ def peak_memory(folder: Path, counts: tuple[int, int], repeats: int) -> Comparis
 @torch.inference_mode()
 def input_cost(images: list[torch.Tensor]) -> float:
     """Seconds per image of what the project does to a uint8 batch besides the passes: the normalised float
-    input (``carvana.module.NetworkInput``) and its flipped copy. Median of three rounds."""
+    input (``carvana.models.NetworkInput``) and its flipped copy. Median of three rounds."""
     prepare = NetworkInput(MEAN, STD)
     rounds = []
     for _ in range(3):
@@ -223,7 +225,8 @@ def run(settings: Settings) -> Case:
     case.notes.append(
         f"peak RSS: {memory.baseline:,.0f} MB for {counts[0]} images, {memory.project:,.0f} MB for "
         f"{counts[1]}; maps are written as they come and none is kept, and the predicting process maps "
-        "its large buffers on their own (carvana.io.unmap_large_buffers), so the heap does not fragment"
+        "its large buffers on their own (carvana.data.buffers.unmap_large_buffers), so the heap does not "
+        "fragment"
     )
     overhead = 1 / head.project - 1 / head.baseline
     prepare = input_cost(images)

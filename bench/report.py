@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from bench.harness import Case, Comparison
-from carvana.io import atomic_write_text
+from carvana.files import atomic_write_text
 
 
 def cpu_model() -> str:

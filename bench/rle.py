@@ -6,7 +6,7 @@ import numpy as np
 
 from bench.data import as_bool_masks, real_samples
 from bench.harness import Case, Settings, compare, interleave, rate
-from carvana import rle
+from carvana.submit import rle
 
 
 def kaggle_encode(mask: np.ndarray) -> str:

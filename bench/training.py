@@ -1,9 +1,9 @@
 """Case 1: images/s of a training step, the project's Lightning module against a plain PyTorch loop.
 
 Both train the same network from the same weights on the same uint8 batches held in memory (real images
-resized), with the same loss (``carvana.losses.BceDice``), Adam and normalisation on the device. Lightning
-runs without progress bar, logger, checkpointing, model summary and validation: those are per-epoch or
-cosmetic costs a user can turn off, not the per-step framework cost this case measures. Both loops time
+resized), with the same loss (``carvana.train.losses.BceDice``), Adam and normalisation on the device.
+Lightning runs without progress bar, logger, checkpointing, model summary and validation: those are per-epoch
+or cosmetic costs a user can turn off, not the per-step framework cost this case measures. Both loops time
 every step after their warm-up steps, end to end, so setup (Trainer construction, the first oneDNN kernels)
 is left out and every per-step cost (batch fetch, hooks, logging, backward, optimizer) is in.
 """
@@ -26,10 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from bench.data import MEAN, STD, real_samples
 from bench.harness import Case, Settings, compare, interleave
-from carvana.dataset import read_image, read_mask
-from carvana.geometry import Geometry
-from carvana.losses import BceDice
-from carvana.module import NetworkInput, SegmentationModule
+from carvana.data.geometry import Geometry
+from carvana.data.kaggle import read_image, read_mask
+from carvana.models import NetworkInput
+from carvana.train.losses import BceDice
+from carvana.train.segmentation_module import SegmentationModule
 
 LR = 1e-4
 

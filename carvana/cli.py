@@ -1,27 +1,52 @@
-"""What the Hydra entry points share: config resolvers, and bad input reported as one line with exit status 2.
+"""The ``carvana`` console command: the tools users run by hand, one subcommand each.
 
-The ``python -m carvana.<stage>`` commands use ``carvana.errors.report`` instead, which prints the same
-``error:`` line without importing OmegaConf (~50 ms of start-up).
+    carvana report outputs
+    carvana ensemble predictions/blend predictions/a predictions/b --weights 2 1
+    carvana submission check submission.csv --sample data/carvana/sample_submission.csv
+
+Each subcommand is its stage module's own ``main`` (``python -m carvana.submit.ensemble`` runs the same),
+imported only when called, so ``carvana --help`` starts at once. Training and prediction have their Hydra
+entry points, ``train.py`` and ``predict.py``.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
-from collections.abc import Callable
-from typing import TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from carvana import __version__
 
-from carvana.errors import CarvanaError, print_error
+# subcommand -> (module with a main(argv) -> int, one line of help)
+COMMANDS = {
+    "synthetic": ("carvana.data.synthetic", "write the embedded synthetic dataset in Kaggle's layout"),
+    "oof": ("carvana.predict.oof", "predict and score the out-of-fold maps of run folders"),
+    "ensemble": ("carvana.submit.ensemble", "combine prediction folders (weighted mean or vote)"),
+    "postprocess": ("carvana.submit.postprocess", "measure post-processing steps on out-of-fold maps"),
+    "submission": ("carvana.submit.submission", "write or check a Kaggle submission file"),
+    "pseudo": ("carvana.submit.pseudo", "turn confident test maps into pseudo-labelled training pairs"),
+    "report": ("carvana.evaluate.cv_report", "the cross-validation table of a folder of runs"),
+    "refine": ("carvana.evaluate.second_level", "the second level's OOF Dice against its sources' mean"),
+}
 
-T = TypeVar("T")
 
-OmegaConf.register_new_resolver("eq", lambda a, b: str(a) == str(b), replace=True)
+def main(argv: list[str] | None = None) -> int:
+    """``carvana COMMAND [ARGS...]``; ``carvana COMMAND --help`` for a command's own options."""
+    width = max(map(len, COMMANDS))
+    listing = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="carvana",
+        description="Tools of the Carvana pipeline; train.py and predict.py train and predict.",
+        epilog=f"commands:\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"carvana {__version__}")
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="one of the commands below")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's arguments")
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return module.main(args.args)
 
 
-def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Run a stage; a ``CarvanaError`` becomes ``error: <message>`` on stderr and exit status 2."""
-    try:
-        return task(cfg)
-    except CarvanaError as error:
-        sys.exit(print_error(error))
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,16 +1,21 @@
 """User-facing errors: the entry points print these as one line and exit non-zero, with no traceback.
 
-``report`` runs a command-line action that way; the ``check_*`` helpers are the argument checks the stages
-share, each raising a ``CarvanaError``. Kept free of heavy imports: ``python -m carvana.ensemble --help``
-starts in a fraction of a second.
+``run_task`` runs a Hydra task and ``run_command`` a command-line action that way; the ``check_*`` helpers
+are the argument checks the stages share, each raising a ``CarvanaError``. Kept free of heavy imports, so
+that ``carvana ensemble --help`` starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+C = TypeVar("C")
 
 
 class CarvanaError(Exception):
@@ -23,7 +28,15 @@ def print_error(error: CarvanaError) -> int:
     return 2
 
 
-def report(action: Callable[[], str | None]) -> int:
+def run_task(task: Callable[[C], T], cfg: C) -> T:
+    """Run a Hydra task (``train.py``, ``predict.py``); a ``CarvanaError`` becomes one line, exit status 2."""
+    try:
+        return task(cfg)
+    except CarvanaError as error:
+        sys.exit(print_error(error))
+
+
+def run_command(action: Callable[[], str | None]) -> int:
     """Run a command-line action: print what it returns (nothing for None) and give 0, or, on a
     ``CarvanaError``, one ``error: <message>`` line on stderr and give 2."""
     try:
@@ -59,3 +72,33 @@ def check_files(paths: list[list[Path]], what: str) -> list[list[Path]]:
     if missing:
         raise CarvanaError(f"{missing[0]}: no {what}; {len(missing)} missing")
     return paths
+
+
+def _size(shape: Sequence[int]) -> str:
+    return f"{shape[1]}x{shape[0]}"
+
+
+def check_shape(
+    image_id: str, path: str | os.PathLike, shape: Sequence[int], expected: Sequence[int], reference: str
+) -> None:
+    """The (H, W, ...) ``shape`` of ``image_id``'s array read from ``path`` must start with ``expected``;
+    ``reference`` says where that size comes from, e.g. "the size of its mask <path>"."""
+    if tuple(shape[:2]) != tuple(expected[:2]):
+        raise CarvanaError(f"{image_id}: {path} is {_size(shape)}, expected {_size(expected)} ({reference})")
+
+
+def normalised_weights(
+    weights: Sequence[float] | None, count: int, what: str = "input folders"
+) -> tuple[float, ...]:
+    """``count`` finite weights >= 0 (None: equal ones) scaled to sum 1; ``what`` names the inputs."""
+    if weights is None:
+        return (1.0 / count,) * count
+    weights = list(weights)
+    if len(weights) != count:
+        raise CarvanaError(f"{len(weights)} weights for {count} {what}")
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise CarvanaError(f"the weights of the {what} must be finite and >= 0, got {weights}")
+    total = math.fsum(weights)
+    if total == 0:
+        raise CarvanaError(f"the weights of the {what} are all zero")
+    return tuple(w / total for w in weights)

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from carvana import dataset
-from carvana.dataset import read_image, read_mask, train_samples
+from carvana.data import kaggle as dataset
+from carvana.data.kaggle import read_image, read_mask, train_samples
 from carvana.errors import CarvanaError
 
 

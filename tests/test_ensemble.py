@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from carvana.ensemble import average
 from carvana.errors import CarvanaError
+from carvana.submit.ensemble import average
 from tests.conftest import REPO
 
 IDS = [f"0a1b2c3d4e5f_{angle:02d}" for angle in range(1, 7)]
@@ -158,7 +158,7 @@ def test_bad_inputs(folders, tmp_path):
 
 def run_cli(*args: object) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "carvana.ensemble", *map(str, args)],
+        [sys.executable, "-m", "carvana", "ensemble", *map(str, args)],
         cwd=REPO,
         capture_output=True,
         text=True,

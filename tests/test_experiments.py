@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 from submitit.core.utils import DelayedSubmission
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args, load_sweep_config
 
-import carvana.cli  # noqa: F401  (registers the `eq` resolver of the logger config)
-from carvana.instantiate import build_model, instantiate
+import carvana.config  # noqa: F401  (registers the `eq` resolver of the logger config)
+from carvana.config import build_model, instantiate
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -5,9 +5,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from carvana import folds
-from carvana.dataset import train_samples
+from carvana.data import folds
+from carvana.data.kaggle import train_samples
 from carvana.errors import CarvanaError
+from carvana.runs import read_folds, write_folds
 
 
 def test_318_cars_give_64_64_64_63_63_and_balanced_areas():
@@ -49,5 +50,5 @@ def test_real_small512_no_car_in_two_folds(shared_small512, tmp_path):
     assert all(sum(1 for s in samples if s.car == car) == 16 for car in cars_per_fold[0])
     # the cache answers the same without decoding again
     assert folds.car_areas(samples, cache_dir=tmp_path) == areas
-    folds.write(tmp_path / "folds.csv", table)
-    assert folds.read(tmp_path / "folds.csv") == table
+    write_folds(tmp_path / "folds.csv", table)
+    assert read_folds(tmp_path / "folds.csv") == table

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from carvana.io import atomic_write_bytes, atomic_write_text
+from carvana.files import atomic_write_bytes, atomic_write_text
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
@@ -33,7 +33,7 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
 PROBE = textwrap.dedent(
     """
     import ctypes, os
-    from carvana import io
+    from carvana.data import buffers as io
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in

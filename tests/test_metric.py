@@ -7,11 +7,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from carvana.datamodule import CarvanaDataModule
-from carvana.dataset import read_image, read_mask
-from carvana.geometry import Geometry
-from carvana.losses import BceDice
-from carvana.module import NetworkInput, SegmentationModule
+from carvana.data.datamodule import CarvanaDataModule
+from carvana.data.geometry import Geometry
+from carvana.data.kaggle import read_image, read_mask
+from carvana.models import NetworkInput
+from carvana.train.losses import BceDice
+from carvana.train.segmentation_module import SegmentationModule
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 WEIGHTS, BIAS = np.array([0.9, -0.2, 0.6]), -0.1
@@ -73,7 +74,7 @@ def test_val_dice_equals_numpy_per_image_dice(mode, shared_full, tmp_path):
 
 
 def test_empty_prediction_and_mask_score_one():
-    from carvana.module import per_image_dice
+    from carvana.metrics import per_image_dice
 
     probs = torch.zeros(2, 1, 4, 6)
     target = torch.zeros(2, 1, 4, 6, dtype=torch.uint8)

@@ -8,9 +8,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import carvana.cli  # noqa: F401  (registers the `eq` resolver of the logger config)
+import carvana.config  # noqa: F401  (registers the `eq` resolver of the logger config)
+from carvana.config import build_model
 from carvana.errors import CarvanaError
-from carvana.instantiate import build_model
 from carvana.models import DilatedUNet, UNet
 from carvana.models.dilated_unet import DilatedCascade
 

@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from carvana import oof
 from carvana.errors import CarvanaError
+from carvana.predict import oof
 
 TRAINER = {"accelerator": "cpu", "devices": 1, "num_workers": 0, "enable_progress_bar": False}
 

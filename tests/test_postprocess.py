@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from carvana.dataset import read_mask
+from carvana.data.kaggle import read_mask
 from carvana.errors import CarvanaError
-from carvana.postprocess import PostProcess, evaluate, main
+from carvana.submit.postprocess import PostProcess, evaluate, main
 
 # A real mask that is one 8-connected piece without holes (checked in the test that uses it).
 CLEAN_MASK = "0795e132d090_01_mask.gif"

@@ -17,10 +17,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from carvana import predicting, prediction, rle, submission
+from carvana.data.geometry import Geometry
 from carvana.errors import CarvanaError
-from carvana.geometry import Geometry
-from carvana.prediction import PredictionModule
+from carvana.predict import checkpoints as prediction
+from carvana.predict import inference as predicting
+from carvana.predict.prediction_module import PredictionModule
+from carvana.submit import rle, submission
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -101,7 +103,7 @@ def test_predict_py_after_train_py_writes_a_checked_submission(trained_run, tmp_
         "data.num_workers=0",
         "postprocess=largest_fill",
         "workers=1",
-        "pseudo.enabled=true",
+        "pseudo=confident",
         f"pseudo.out_root={pseudo_root}",
         "pseudo.max_uncertain=1",
     )
@@ -175,7 +177,7 @@ def test_ddp_writes_every_image_exactly_once(trained_run, tmp_path):
         "trainer.devices=2",
         "trainer.precision=32-true",
         "data.num_workers=0",
-        "hydra.verbose=carvana.writer",
+        "hydra.verbose=carvana.predict.map_writer",
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana import pseudo
-from carvana.dataset import read_mask, train_samples
+from carvana.data.kaggle import read_mask, train_samples
 from carvana.errors import CarvanaError
+from carvana.submit import pseudo
 
 
 def uncertain_share(prob: np.ndarray) -> float:
@@ -120,7 +120,7 @@ def test_empty_selection_warns(preds, shared_full, tmp_path, caplog):
     unsure.mkdir()
     for image_id in set(maps) - expected:
         (unsure / f"{image_id}.png").write_bytes((folder / f"{image_id}.png").read_bytes())
-    with caplog.at_level(logging.WARNING, logger="carvana.pseudo"):
+    with caplog.at_level(logging.WARNING, logger="carvana.submit.pseudo"):
         kept = pseudo.select_and_write(unsure, shared_full / "train", tmp_path / "out", workers=1)
     assert kept == []
     assert "no prediction" in caplog.text

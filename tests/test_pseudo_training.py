@@ -6,11 +6,13 @@ import pytest
 import torch
 from runs import train
 
-from carvana import dataset, pseudo, synthetic
-from carvana.datamodule import CarvanaDataModule
-from carvana.dataset import read_image, read_mask, train_samples
+from carvana.data import kaggle as dataset
+from carvana.data import synthetic
+from carvana.data.datamodule import CarvanaDataModule
+from carvana.data.geometry import Geometry
+from carvana.data.kaggle import read_image, read_mask, train_samples
 from carvana.errors import CarvanaError
-from carvana.geometry import Geometry
+from carvana.submit import pseudo
 
 
 def confident_predictions(images, folder):

@@ -16,13 +16,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import carvana.cli  # noqa: F401  (registers the `eq` resolver of the logger config)
-from carvana import synthetic
-from carvana.dataset import read_image, read_mask
-from carvana.instantiate import build_model, instantiate
-from carvana.losses import boundary_weights
-from carvana.module import SegmentationModule
-from carvana.schedules import StepCyclic
+import carvana.config  # noqa: F401  (registers the `eq` resolver of the logger config)
+from carvana.config import build_model, instantiate
+from carvana.data import synthetic
+from carvana.data.kaggle import read_image, read_mask
+from carvana.train.losses import boundary_weights
+from carvana.train.schedules import StepCyclic
+from carvana.train.segmentation_module import SegmentationModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LR = 1.0e-3

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from runs import REPO, train
 
-from carvana import folds, synthetic
-from carvana.datamodule import CarvanaDataModule
-from carvana.dataset import train_samples
+from carvana.data import folds, synthetic
+from carvana.data.datamodule import CarvanaDataModule
+from carvana.data.geometry import Geometry
+from carvana.data.kaggle import train_samples
 from carvana.errors import CarvanaError
-from carvana.geometry import Geometry
+from carvana.runs import write_folds
 
 
 def fake_sources(root, tmp, n_folds=5):
@@ -26,7 +27,7 @@ def fake_sources(root, tmp, n_folds=5):
         for fold in range(n_folds):
             run = source / f"fold{fold}"
             (run / "oof").mkdir(parents=True)
-            folds.write(run / "folds.csv", table)
+            write_folds(run / "folds.csv", table)
             for sample in samples:
                 if table[sample.car] == fold:
                     value = 100 + 10 * fold + s
@@ -83,7 +84,7 @@ def test_sources_split_differently_are_refused(layout, tmp_path):
     moved[car] = (moved[car] + 1) % 5
     path = sources[0] / "fold2" / "folds.csv"
     original = path.read_text()
-    folds.write(path, moved)
+    write_folds(path, moved)
     try:
         with pytest.raises(CarvanaError, match=f"{path} splits the cars differently"):
             datamodule(root, sources, tmp).setup()
@@ -109,7 +110,7 @@ def test_second_level_end_to_end(tmp_path):
         assert (outputs / "refine" / f"fold{fold}" / "oof_score.json").is_file()
 
     compare = subprocess.run(
-        [sys.executable, "-m", "carvana.refine", str(outputs / "refine"), "--sources", *map(str, sources)],
+        [sys.executable, "-m", "carvana", "refine", str(outputs / "refine"), "--sources", *map(str, sources)],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert compare.returncode == 0, compare.stderr

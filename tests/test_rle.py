@@ -7,21 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana import rle
+from bench.rle import kaggle_encode as classic  # the public Kaggle kernels' encoder, verbatim
 from carvana.errors import CarvanaError
+from carvana.submit import rle
 from tests.conftest import SHARED
 
 H, W = 1280, 1918
 N = H * W
-
-
-def classic(img: np.ndarray) -> str:
-    """The encoder from the public Kaggle kernels, kept verbatim as the reference."""
-    pixels = img.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana import ensemble, rle, submission
 from carvana.errors import CarvanaError
+from carvana.submit import ensemble, rle, submission
 from tests.conftest import REPO
 
 N_ROWS = 6
@@ -244,7 +244,7 @@ def test_real_sample_submission(shared_full):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "carvana.submission", *args],
+        [sys.executable, "-m", "carvana", "submission", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

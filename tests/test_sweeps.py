@@ -22,7 +22,7 @@ from runs import REPO, TINY, train
 from submitit.core.utils import DelayedSubmission
 from wandb_records import records, run_info, summary
 
-from carvana import oof
+from carvana.predict import oof
 
 # Tiny tensors on a shared 2-core CPU: waiting for a second OpenMP thread costs more than the work.
 ENV = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -118,14 +118,14 @@ def test_report_command_gives_the_same_table(grid):
     outputs, _ = grid
     table = (outputs / "cv_report.md").read_text()
     environ = {**os.environ, **ENV}
-    command = [sys.executable, "-m", "carvana.report", str(outputs)]
+    command = [sys.executable, "-m", "carvana", "report", str(outputs)]
     result = ok(subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environ, timeout=600))
     assert result.stdout.startswith(table) and (outputs / "cv_report.md").read_text() == table
     logs = wandb_logs(outputs / "linknet18")
     assert len(logs) == 2 and len({run_info(log).run_id for log in logs}) == 1
 
     missing = subprocess.run(
-        [sys.executable, "-m", "carvana.report", str(outputs / "nowhere")],
+        [sys.executable, "-m", "carvana", "report", str(outputs / "nowhere")],
         cwd=REPO,
         capture_output=True,
         text=True,

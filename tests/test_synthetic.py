@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana import synthetic
+from carvana.data import synthetic
 from carvana.errors import CarvanaError
 
 W, H = 96, 64

@@ -12,7 +12,7 @@ import yaml
 from runs import train
 from wandb_records import records, run_info, summary
 
-from carvana.dataset import train_samples
+from carvana.data.kaggle import train_samples
 
 
 def wandb_logs(run_dir: Path) -> list[Path]:

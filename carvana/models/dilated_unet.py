@@ -36,7 +36,17 @@ class DilatedCascade(nn.Module):
 
 
 class DilatedUNet(UNet):
-    """lyakaap's defaults: 44 base channels, 3 stages, no BatchNorm, dilations 1..32 at the bottleneck."""
+    """lyakaap's defaults: 44 base channels, 3 stages, no BatchNorm, dilations 1..32 at the bottleneck.
+
+    Args:
+        in_channels: input channels.
+        classes: output channels.
+        base_channels: width of the first stage.
+        depth: max-pool stages.
+        batch_norm: BatchNorm after every convolution.
+        dilations: of the bottleneck's cascade, in order.
+        encoder_weights: must be None.
+    """
 
     def __init__(
         self,

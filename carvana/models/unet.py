@@ -50,6 +50,14 @@ class UNet(nn.Module):
     Inputs need sides divisible by ``2**depth``. ``encoder_weights`` is accepted so that every model config
     shares smp's interface (recipes set ``model.encoder_weights=null`` whatever the model); this network has
     no pretrained weights, so it must stay null.
+
+    Args:
+        in_channels: input channels (3, or 3 + K maps at the second level).
+        classes: output channels (1: the car's logit).
+        base_channels: width of the first stage.
+        depth: max-pool stages.
+        batch_norm: BatchNorm after every convolution.
+        encoder_weights: must be None.
     """
 
     def __init__(

@@ -1,0 +1,100 @@
+"""Datasets of the Kaggle layout: uint8 images and masks as tensors, and the second level's stacked maps.
+
+Images stay uint8 until the device (``carvana.models.NetworkInput`` normalises them there). The second level
+stacks each image with K first-level probability maps: out-of-fold maps for training (each from the run of
+the image's own fold, which never saw its car), test predictions at test time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from carvana import runs
+from carvana.data.buffers import reuse_freed_buffers
+from carvana.data.kaggle import Sample, read_image, read_mask
+from carvana.errors import check_files, check_shape
+
+
+class CarvanaDataset(Dataset):
+    """Yields uint8 HWC image tensors (normalised later, on the device) and uint8 (1, H, W) masks.
+
+    With ``transform_mask=False`` the mask stays at the original resolution, so validation scores
+    are computed on the original pixels after the model output is restored.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: A.Compose, transform_mask: bool = True):
+        self.samples = list(samples)
+        self.transform = transform
+        self.transform_mask = transform_mask
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The network's uint8 (H, W, C) input before transforms; the second level adds channels here."""
+        return read_image(self.samples[index].image)
+
+    def __getitem__(self, index: int) -> dict:
+        reuse_freed_buffers()  # in the process that decodes: a DataLoader worker, or this one
+        sample = self.samples[index]
+        image = self.load_image(index)
+        item: dict = {"id": sample.image_id, "height": image.shape[0], "width": image.shape[1]}
+        if sample.mask is None:
+            item["image"] = torch.from_numpy(self.transform(image=image)["image"])
+            return item
+        mask = read_mask(sample.mask)
+        check_shape(sample.image_id, sample.mask, mask.shape, image.shape, f"the size of {sample.image}")
+        if self.transform_mask:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        else:
+            image = self.transform(image=image)["image"]
+        item["image"] = torch.from_numpy(np.ascontiguousarray(image))
+        item["mask"] = torch.from_numpy(np.ascontiguousarray(mask))[None]
+        return item
+
+
+class StackedDataset(CarvanaDataset):
+    """``CarvanaDataset`` whose images carry K probability maps (uint8) as channels 4..3+K."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        maps: Sequence[Sequence[Path]],
+        transform: A.Compose,
+        transform_mask: bool = True,
+    ):
+        super().__init__(samples, transform, transform_mask)
+        self.maps = list(maps)
+
+    def load_image(self, index: int) -> np.ndarray:
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        probs = [runs.read_map(path) for path in self.maps[index]]
+        for path, prob in zip(self.maps[index], probs, strict=True):
+            check_shape(sample.image_id, path, prob.shape, image.shape, f"the size of {sample.image}")
+        return np.dstack([image, *probs])
+
+
+def oof_maps(
+    sources: Sequence[Path], samples: Sequence[Sample], table: Mapping[str, int]
+) -> list[list[Path]]:
+    """For each sample, its out-of-fold map from each source: the source's run of the car's own fold."""
+    maps = [
+        [runs.map_path(runs.fold_dir(source, table[s.car]) / runs.OOF, s.image_id) for source in sources]
+        for s in samples
+    ]
+    return check_files(maps, "out-of-fold map (run the sources' OOF step)")
+
+
+def test_maps(sources: Sequence[Path], samples: Sequence[Sample]) -> list[list[Path]]:
+    """For each test sample, each source's test prediction (``predict.py`` folders)."""
+    return check_files(
+        [[runs.map_path(source, s.image_id) for source in sources] for s in samples], "test prediction"
+    )

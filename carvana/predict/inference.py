@@ -1,0 +1,59 @@
+"""One prediction run, the ``predict.py`` task: checkpoints -> probability maps -> what comes after them.
+
+Rerunning the same command continues an interrupted run: images whose map exists are not predicted again.
+Once every map is written, the ``submission`` step (``carvana.submit.submission.SubmissionStep``) and the
+``pseudo`` step (``carvana.submit.pseudo.PseudoLabelStep``) run as the config names them, so this stage
+never imports the submission stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from carvana import runs
+from carvana.config import instantiate
+from carvana.data.datasets import test_maps
+from carvana.data.kaggle import test_samples
+from carvana.predict.checkpoints import data_root, describe, members
+from carvana.predict.map_writer import PngWriter
+from carvana.predict.prediction_module import PredictionModule, predict_missing, prediction_trainer
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Predict ``cfg.data`` test images with ``cfg.checkpoints`` into ``out_dir``; returns ``out_dir``."""
+    group = members(cfg.checkpoints)
+    root = Path(cfg.data.root) if cfg.data.root else data_root(group[0].config)
+    out_dir = Path(cfg.out_dir or Path("predictions") / (cfg.name or runs.experiment_of(group[0].run_dir)))
+    submission = instantiate(cfg.submission) if cfg.get("submission") else None
+    pseudo = instantiate(cfg.pseudo) if cfg.get("pseudo") else None
+    if submission is not None:
+        submission.sample_path(root)  # a missing sample submission fails now, not after hours of prediction
+    images_dir = root / cfg.data.images_dir
+    samples = test_samples(root, cfg.data.images_dir)
+    manifest = {
+        **describe(group, cfg.tta.hflip, "predict"),
+        "data": str(images_dir.resolve()),
+        "threshold": cfg.threshold,
+    }
+    runs.refuse_made_otherwise(out_dir, manifest)
+
+    module = PredictionModule.from_members(group, hflip=cfg.tta.hflip)
+    writer = PngWriter(out_dir, threads=cfg.writer_threads)
+    trainer = prediction_trainer(cfg.trainer, writer, out_dir)
+    since = max(member.checkpoint.stat().st_mtime for member in group)
+    sources = [Path(source) for source in cfg.data.get("sources") or []]
+    maps = (lambda todo: test_maps(sources, todo)) if sources else None
+    predict_missing(trainer, module, samples, writer, since, cfg.data.batch_size, cfg.data.num_workers, maps)
+    if not trainer.is_global_zero:
+        return out_dir
+
+    lines = [f"{out_dir}: {len(samples)} probability maps of {len(group)} checkpoint(s)"]
+    if runs.write_manifest(out_dir, samples, manifest):
+        if submission is not None:
+            lines.append(submission(out_dir, root, samples[0].image_id))
+        if pseudo is not None:
+            lines.append(pseudo(out_dir, images_dir))
+    print("\n".join(lines))
+    return out_dir

@@ -1,0 +1,166 @@
+"""The prediction model: networks of one geometry averaged as probabilities, with hflip TTA, and the loop
+that predicts only the images still missing from a prediction folder.
+
+``prediction_trainer`` builds its ``pl.Trainer`` from the ``trainer`` config group (``carvana.config``), the
+same settings as training, so DDP, precision and devices are chosen in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from carvana import runs
+from carvana.config import build_trainer
+from carvana.data.buffers import unmap_large_buffers
+from carvana.data.datasets import CarvanaDataset, StackedDataset
+from carvana.data.geometry import Geometry
+from carvana.data.kaggle import Sample
+from carvana.errors import normalised_weights
+from carvana.models import NetworkInput
+from carvana.predict.checkpoints import Member, common_geometry, load_network
+from carvana.predict.map_writer import PngWriter
+
+log = logging.getLogger(__name__)
+
+
+class PredictionModule(pl.LightningModule):
+    """Probability maps of uint8 NHWC batches: mean over TTA passes, weighted mean over networks.
+
+    ``predict_step`` returns ``{"id": [...], "prob": [uint8 (H, W), ...]}`` at each image's original size,
+    still on the device: converting to uint8 there moves a quarter of the float32 bytes.
+
+    Args:
+        nets: the networks, each giving logits of the same grid.
+        geometry: their common geometry, to restore outputs to the original pixels.
+        mean: per-channel input mean on the 0..1 scale, as the networks were trained.
+        std: per-channel input standard deviation, likewise.
+        weights: one per network, normalised to sum 1; None weighs them equally.
+        hflip: average each image with its mirror.
+    """
+
+    def __init__(
+        self,
+        nets: Sequence[nn.Module],
+        geometry: Geometry,
+        mean: Sequence[float],
+        std: Sequence[float],
+        weights: Sequence[float] | None = None,
+        hflip: bool = True,
+    ):
+        super().__init__()
+        if not nets:
+            raise ValueError("PredictionModule needs at least one network")
+        self.nets = nn.ModuleList(nets)
+        self.weights = list(normalised_weights(weights, len(nets), "networks"))
+        self.geometry, self.hflip = geometry, hflip
+        self.network_input = NetworkInput(mean, std)
+
+    @classmethod
+    def from_members(cls, group: Sequence[Member], hflip: bool = True) -> PredictionModule:
+        """The module of an ensemble of checkpoints, each network rebuilt from its run folder."""
+        geometry = common_geometry(group)
+        module = group[0].config.module
+        return cls(
+            [load_network(member) for member in group],
+            geometry,
+            list(module.mean),
+            list(module.std),
+            [member.weight for member in group],
+            hflip,
+        )
+
+    @override
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """float32 probabilities (N, 1, h, w) on the network's grid of a uint8 (N, h, w, C) batch.
+
+        The flipped copy is a second pass of N rather than joining the batch: concatenating copied the whole
+        float input, and one pass of 2N was slower than two of N (bench/results.md, prediction) and holds
+        twice the activations. Sigmoid comes before any averaging; it and the sums run in place.
+        """
+        x = self.network_input(image)
+        flipped = x.flip(-1) if self.hflip else None
+        total: torch.Tensor | None = None
+        for net, weight in zip(self.nets, self.weights, strict=True):
+            prob = net(x).float().sigmoid_()
+            if flipped is not None:
+                prob.add_(net(flipped).float().sigmoid_().flip(-1)).div_(2)
+            total = prob.mul_(weight) if total is None else total.add_(prob, alpha=weight)
+        assert total is not None, "the constructor requires at least one network"
+        return total
+
+    @override
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probs = self(batch["image"])
+        sizes = zip(batch["height"].tolist(), batch["width"].tolist(), strict=True)
+        maps = [
+            self.geometry.restore(prob[None], height, width)[0, 0]
+            .mul(255)
+            .round_()
+            .to(torch.uint8)
+            .contiguous()
+            for prob, (height, width) in zip(probs, sizes, strict=True)
+        ]
+        return {"id": list(batch["id"]), "prob": maps}
+
+
+def predict_missing(
+    trainer: pl.Trainer,
+    module: PredictionModule,
+    samples: Sequence[Sample],
+    writer: PngWriter,
+    since: float,
+    batch_size: int = 2,
+    num_workers: int = 2,
+    maps: Callable[[Sequence[Sample]], list[list[Path]]] | None = None,
+) -> int:
+    """Predict the samples whose map is missing from ``writer.out_dir`` (or older than ``since``).
+
+    Done images are left out before anything is loaded, so a rerun continues an interrupted one. Under DDP
+    Lightning shards predict data with its unrepeated distributed sampler (each image on one rank), which
+    needs an image per rank: when fewer remain, finished ones are predicted again. ``maps`` gives the second
+    level's probability-map channels of the samples. Returns the count done.
+    """
+    if writer not in trainer.callbacks:
+        raise ValueError("the trainer must have the PngWriter among its callbacks")
+    todo = runs.pending(samples, writer.out_dir, since)
+    log.info("%s: %d of %d images to predict", writer.out_dir, len(todo), len(samples))
+    if not todo:
+        return 0
+    unmap_large_buffers()  # this process predicts for as long as the test set lasts: keep its memory flat
+    if len(todo) < trainer.world_size:
+        done = [sample for sample in samples if sample not in todo]
+        todo += done[: trainer.world_size - len(todo)]
+    transform = A.Compose(module.geometry.eval())
+    dataset = StackedDataset(todo, maps(todo), transform) if maps else CarvanaDataset(todo, transform)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=torch.cuda.is_available()
+    )
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    return len(todo)
+
+
+def prediction_trainer(
+    trainer: DictConfig, writer: PngWriter, root_dir: str | Path, **overrides: Any
+) -> pl.Trainer:
+    """A trainer of the ``trainer`` group that only predicts: ``writer`` writes the maps, nothing else is
+    logged or checkpointed; ``overrides`` replace any of its settings (``accelerator``, ``devices``...)."""
+    return build_trainer(
+        trainer,
+        callbacks=[writer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=str(root_dir),
+        **overrides,
+    )

@@ -1,0 +1,7 @@
+"""Lightning callbacks of the training stage."""
+
+from carvana.train.callbacks.fold_score import FoldScore
+from carvana.train.callbacks.hard_examples import HardExampleReplay
+from carvana.train.callbacks.wandb_validation import WandbValidation
+
+__all__ = ["FoldScore", "HardExampleReplay", "WandbValidation"]
