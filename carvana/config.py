@@ -1,10 +1,11 @@
 """Configs: the project's one door to ``hydra.utils.instantiate``, its resolvers, and run configs read back.
 
-Every object built from config comes through ``instantiate``. It unwraps Hydra's ``InstantiationException``
-so that a ``CarvanaError`` raised by a constructor, and a failed download of pretrained encoder weights,
-reach the user as one line instead of a stack trace. Training, prediction and the out-of-fold pass build
-their ``pl.Trainer`` from the ``trainer`` group through ``build_trainer``, so devices, strategy and precision
-are set in one place.
+Every object built from config comes through ``instantiate``, which first refuses any ``_target_`` outside
+``carvana.targets``' allow-list (a run folder's config is checked whole as it is read). It unwraps Hydra's
+``InstantiationException`` so that a ``CarvanaError`` raised by a constructor, and a failed download of
+pretrained encoder weights, reach the user as one line instead of a stack trace. Training, prediction and the
+out-of-fold pass build their ``pl.Trainer`` from the ``trainer`` group through ``build_trainer``, so devices,
+strategy and precision are set in one place.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from carvana import runs
+from carvana import runs, targets
 from carvana.errors import CarvanaError
 
 # ${eq:a,b}: the W&B logger's `offline` setting follows WANDB_MODE (conf/logger/wandb.yaml).
@@ -41,7 +42,11 @@ def _is_download_failure(error: BaseException) -> bool:
 
 
 def instantiate(cfg: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with plain containers, re-raising our own errors unwrapped."""
+    """``hydra.utils.instantiate`` with plain containers, re-raising our own errors unwrapped; every
+    ``_target_`` in ``cfg`` and in config-valued ``kwargs`` must be allowed (``carvana.targets``) first."""
+    targets.check(cfg)
+    for key, value in kwargs.items():
+        targets.check(value, source=f"config ({key})")
     try:
         return hydra.utils.instantiate(cfg, _convert_="all", **kwargs)
     except Exception as error:
@@ -79,12 +84,17 @@ def build_trainer(trainer: DictConfig, **overrides: Any) -> Any:
     return instantiate(trainer, **overrides)
 
 
-def load_run_config(run_dir: str | Path) -> DictConfig:
-    """A run folder's composed training config (its ``${hydra:...}`` entries stay unresolved)."""
+def load_run_config(run_dir: str | Path, check_targets: bool = True) -> DictConfig:
+    """A run folder's composed training config (its ``${hydra:...}`` entries stay unresolved), refused
+    whole if it names a target outside the allow-list; ``check_targets=False`` for readers that build
+    nothing from it."""
     path = Path(run_dir) / runs.RUN_CONFIG
     if not path.is_file():
         raise CarvanaError(
             f"{run_dir}: no {runs.RUN_CONFIG}; checkpoints must stay in their run folder "
             f"(<run>/{runs.CHECKPOINTS}/<name>.ckpt beside <run>/{runs.RUN_CONFIG.parent}/)"
         )
-    return OmegaConf.load(path)
+    config = OmegaConf.load(path)
+    if check_targets:
+        targets.check(config, source=str(path))
+    return config

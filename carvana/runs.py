@@ -30,14 +30,16 @@ import logging
 import os
 import re
 import secrets
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import cv2
 import numpy as np
 
-from carvana.errors import CarvanaError
+from carvana.errors import CarvanaError, check_folder
 from carvana.files import atomic_write_bytes, atomic_write_text, write_csv
 
 RUN_CONFIG = Path(".hydra") / "config.yaml"
@@ -90,6 +92,22 @@ def run_of_checkpoint(path: str | Path) -> Path:
     return Path(path).parent.parent
 
 
+def read_weights(path: str | Path, prefix: str = "") -> dict[str, Any]:
+    """A checkpoint's ``state_dict`` entries under ``prefix`` (stripped), tensors and plain data only: a
+    checkpoint is a pickle, and teams share them, so ``weights_only=True`` refuses anything that could run.
+    One ``CarvanaError`` naming the file otherwise."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CarvanaError(f"{path}: not a loadable checkpoint of plain weights ({first})") from None
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+
+
 def experiment_of(run_dir: str | Path) -> str:
     """The experiment name of a run folder (``<output_root>/<experiment>/fold<k>``)."""
     return Path(run_dir).resolve().parent.name
@@ -121,7 +139,19 @@ def write_folds(path: str | Path, table: Mapping[str, int]) -> Path:
     return write_csv(path, ("car", "fold"), sorted(table.items()))
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
+class Record(dict[str, Any]):
+    """A JSON record read from ``path``: an entry it lacks is one error naming the file and the entry, not a
+    ``KeyError`` traceback, wherever a stage indexes it (a record from an older version, or edited by hand)."""
+
+    def __init__(self, path: Path, entries: Mapping[str, Any]):
+        super().__init__(entries)
+        self.path = path
+
+    def __missing__(self, key: str) -> NoReturn:
+        raise CarvanaError(f"{self.path}: no {key!r} entry (written by another version, or edited?)")
+
+
+def read_json(path: str | Path) -> Record:
     """A JSON record of a run or prediction folder; an unreadable one is one error naming it."""
     try:
         record = json.loads(Path(path).read_text())
@@ -129,7 +159,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
         raise CarvanaError(f"{path}: unreadable ({error})") from None
     if not isinstance(record, dict):
         raise CarvanaError(f"{path}: not a JSON object")
-    return record
+    return Record(Path(path), record)
 
 
 def write_json(path: str | Path, record: Mapping[str, Any]) -> Path:
@@ -167,11 +197,89 @@ def _is_map(name: str) -> bool:
     return name.endswith(MAP_SUFFIX) and not name.startswith(".")
 
 
+def input_map_ids(folder: str | Path) -> list[str]:
+    """The map ids of a prediction folder a stage reads: it must exist and hold at least one map."""
+    check_folder(folder, "prediction folder")
+    ids = map_ids(folder)
+    if not ids:
+        raise CarvanaError(f"no <id>{MAP_SUFFIX} in {folder}")
+    return ids
+
+
+def finished_manifest(folder: str | Path, ids: Sequence[str]) -> dict[str, Any] | None:
+    """The manifest of a prediction folder a stage reads (None without one, e.g. made by hand), checked
+    against the folder's map ``ids``: fewer maps than it counts means some were lost, and the stage would
+    silently score, label or submit fewer images."""
+    manifest = read_manifest(folder)
+    count = None if manifest is None else manifest.get("images")
+    if isinstance(count, int) and len(ids) < count:
+        raise CarvanaError(
+            f"{Path(folder) / MANIFEST} counts {count} maps but {folder} holds {len(ids)}: some were "
+            "deleted; rerun the stage that made it"
+        )
+    return manifest
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_HEAD = len(_PNG_SIGNATURE) + 16  # the signature, then IHDR's length, type, width and height
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk: length 0, type, CRC
+
+
+def _unreadable(path: str | Path, error: OSError) -> CarvanaError:
+    return CarvanaError(f"{path}: cannot read prediction ({error.strerror or error})")
+
+
+def _bad_png(path: str | Path, what: str) -> CarvanaError:
+    return CarvanaError(f"{path}: {what}; delete it and rerun the stage that wrote it")
+
+
+def map_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of a map from its PNG header, once its first and last bytes show a whole PNG: two small reads,
+    so that a stage can vet every map it will read before it writes anything."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_PNG_HEAD)
+            f.seek(max(os.fstat(f.fileno()).st_size - len(_PNG_IEND), len(head)))
+            tail = f.read()
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    if not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        raise _bad_png(path, "not a PNG" if head else "an empty file")
+    if tail != _PNG_IEND:
+        raise _bad_png(path, "truncated PNG (it does not end with an IEND chunk)")
+    width, height = struct.unpack_from(">II", head, 16)
+    return height, width
+
+
+def _check_chunks(path: str | Path, png: memoryview) -> None:
+    """Every chunk present and its CRC right, up to IEND (~0.1 ms for a full-size map): OpenCV's libpng
+    prints its own lines on stderr for a truncated or damaged file, and the one error line must be all."""
+    if png[: len(_PNG_SIGNATURE)] != _PNG_SIGNATURE:
+        raise _bad_png(path, "not a PNG" if png else "an empty file")
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(png):
+        length, kind = struct.unpack_from(">I4s", png, pos)
+        end = pos + 12 + length
+        if end > len(png):
+            break
+        if zlib.crc32(png[pos + 4 : end - 4]) != struct.unpack_from(">I", png, end - 4)[0]:
+            raise _bad_png(path, f"damaged PNG (bad CRC in its {kind.decode('latin-1')} chunk)")
+        if kind == b"IEND":
+            return
+        pos = end
+    raise _bad_png(path, "truncated PNG (it ends before its IEND chunk)")
+
+
 def read_map(path: str | Path) -> np.ndarray:
     """A probability map as uint8 (H, W) (v means v/255), or one error line naming the file."""
-    prob = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    try:
+        png = memoryview(Path(path).read_bytes())
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    _check_chunks(path, png)
+    prob = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
     if prob is None:
-        raise CarvanaError(f"cannot read prediction {path} as an image")
+        raise _bad_png(path, "cannot be decoded as an image")
     return prob
 
 

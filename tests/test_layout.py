@@ -1,9 +1,10 @@
 """The package reads as the pipeline: imports only point back along it, and the on-disk contract has one home.
 
 Stages, in the order data flows: data <- models <- train <- predict <- submit <- evaluate. A module may
-import the shared top-level modules (errors, files, metrics, config, runs, workers) and its own or earlier
-stages, never a later stage, and never another subpackage's private (``_name``) attribute or module. The
-shared modules import only each other. ``carvana.cli`` reaches every stage by name, through importlib.
+import the shared top-level modules (errors, files, metrics, config, runs, targets, workers) and its own or
+earlier stages, never a later stage, and never another subpackage's private (``_name``) attribute or
+module. The shared modules import only each other. ``carvana.cli`` reaches every stage by name, through
+importlib.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from carvana import runs
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "carvana"
 STAGES = ("data", "models", "train", "predict", "submit", "evaluate")
-SHARED = ("errors", "files", "metrics", "config", "runs", "workers")
+SHARED = ("errors", "files", "metrics", "config", "runs", "targets", "workers")
 ENTRY = ("cli", "__main__", "__init__")
 
 

@@ -80,7 +80,9 @@ def experiment_name(run: Path, root: Path) -> str:
 
 
 def _n_folds(run: Path) -> int | None:
-    return int(load_run_config(run).n_folds) if (run / runs.RUN_CONFIG).is_file() else None
+    if not (run / runs.RUN_CONFIG).is_file():
+        return None
+    return int(load_run_config(run, check_targets=False).n_folds)
 
 
 def experiments(root: Path, names: Collection[str] | None = None) -> list[Experiment]:
@@ -191,7 +193,8 @@ def bar_chart(table: list[Experiment]) -> bytes:
 def _wandb_settings(run: Path) -> dict[str, Any] | None:
     """Project, group, mode and tags of the run's W&B logger, resolved as training did (entries that need
     Hydra's runtime come back None); None if the run had no W&B logger."""
-    config = load_run_config(run) if (run / runs.RUN_CONFIG).is_file() else OmegaConf.create()
+    has_config = (run / runs.RUN_CONFIG).is_file()
+    config = load_run_config(run, check_targets=False) if has_config else OmegaConf.create()
     if not str(OmegaConf.select(config, "logger._target_", default="")).endswith("WandbLogger"):
         return None
 

@@ -8,12 +8,10 @@ Models trained with different geometries are predicted separately and combined w
 from __future__ import annotations
 
 import glob
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
@@ -118,13 +116,12 @@ def load_network(member: Member) -> nn.Module:
     if "encoder_weights" in model:
         model["encoder_weights"] = None
     net = build_model(OmegaConf.create(model))
+    state = runs.read_weights(member.checkpoint, prefix="net.")
     try:
-        checkpoint = torch.load(member.checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        state = {key[4:]: value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")}
         net.load_state_dict(state)
-    except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CarvanaError(f"{member.checkpoint}: cannot load its network ({first})") from None
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CarvanaError(f"{member.checkpoint}: its weights do not fit its run's model ({first})") from None
     return net
 
 

@@ -11,11 +11,10 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from carvana import runs
+from carvana import runs, targets
 from carvana.config import build_model, build_trainer, instantiate
 from carvana.errors import CarvanaError
 from carvana.train.distributed import job_ranks
@@ -38,10 +37,11 @@ def fold_oof(cfg: DictConfig, trainer: pl.Trainer) -> float | None:
 
 
 def init_weights(module: pl.LightningModule, checkpoint: str) -> None:
-    """Start from another run's weights (optimizer and schedule start afresh)."""
+    """Start from another run's weights (optimizer and schedule start afresh); plain tensors only, since
+    the checkpoint may come from someone else."""
     if not Path(checkpoint).is_file():
         raise CarvanaError(f"init_from={checkpoint}: no such checkpoint")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = runs.read_weights(checkpoint)
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
@@ -52,6 +52,7 @@ def init_weights(module: pl.LightningModule, checkpoint: str) -> None:
 
 def train(cfg: DictConfig) -> float | None:
     """Train ``cfg.fold`` and return its best ``val/dice`` (the sweep objective)."""
+    targets.check(cfg, source="the composed config")
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
@@ -71,10 +72,13 @@ def train(cfg: DictConfig) -> float | None:
 
         last = runs.checkpoint(output_dir, runs.LAST)
         if last.is_file():
+            runs.read_weights(last)  # a broken or pickle-carrying last.ckpt: one line, before any work
             log.info("resuming from %s", last)
         elif cfg.get("init_from"):
             init_weights(module, cfg.init_from)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None)
+        # plain data only: last.ckpt may have been copied in from someone else's run folder
+        resume = last if last.is_file() else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
 
         score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
         oof = fold_oof(cfg, trainer) if cfg.get("oof") else None
