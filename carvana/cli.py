@@ -20,6 +20,7 @@ from carvana import __version__
 # subcommand -> (module with a main(argv) -> int, one line of help)
 COMMANDS = {
     "synthetic": ("carvana.data.synthetic", "write the embedded synthetic dataset in Kaggle's layout"),
+    "data": ("carvana.data.check", "check ROOT: the problems of a Kaggle-layout folder, one line each"),
     "oof": ("carvana.predict.oof", "predict and score the out-of-fold maps of run folders"),
     "ensemble": ("carvana.submit.ensemble", "combine prediction folders (weighted mean or vote)"),
     "postprocess": ("carvana.submit.postprocess", "measure post-processing steps on out-of-fold maps"),

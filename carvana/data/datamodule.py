@@ -15,6 +15,7 @@ from typing_extensions import override
 from carvana import runs
 from carvana.data import folds
 from carvana.data import synthetic as synthetic_set
+from carvana.data.check import require_names
 from carvana.data.datasets import CarvanaDataset, StackedDataset, oof_maps
 from carvana.data.geometry import Geometry
 from carvana.data.kaggle import Sample, train_samples
@@ -104,6 +105,7 @@ class CarvanaDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        require_names(self.root, self.images_dir)  # a broken pair fails here, not an epoch in
         samples = train_samples(self.root, self.images_dir)
         table = self.split(samples)
         train: list[Sample] = [s for s in samples if table[s.car] != self.fold]

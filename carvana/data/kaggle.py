@@ -18,6 +18,8 @@ MASK_SUFFIX = "_mask.gif"
 IMAGE_SUFFIX = ".jpg"
 SAMPLE_SUBMISSION = "sample_submission.csv"
 METADATA = "metadata.csv"
+TEST_DIR = "test"
+ANGLES = 16  # photos of each car, angles 01..16 of the turntable
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def train_samples(root: str | Path, images_dir: str = "train") -> list[Sample]:
     return samples
 
 
-def test_samples(root: str | Path, images_dir: str = "test") -> list[Sample]:
+def test_samples(root: str | Path, images_dir: str = TEST_DIR) -> list[Sample]:
     """Every test image (no masks)."""
     return [Sample(image.stem, image) for image in list_images(Path(root) / images_dir)]
 

@@ -23,11 +23,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from carvana.data.kaggle import ANGLES
 from carvana.errors import CarvanaError, run_command
 
 __all__ = ["default_root", "ensure", "generate", "main"]
 
-ANGLES = 16  # turntable stops: 01 front, 05 left side (front to the left, as Kaggle's), 09 back, 13 right
+# ANGLES turntable stops: 01 front, 05 left side (front to the left, as Kaggle's), 09 back, 13 right
 VERSION = 1  # bump when the rendering changes, so that ensure() regenerates cached copies
 MARKER = "synthetic.json"
 # Supersampling: edges in the JPEGs are anti-aliased, masks are thresholded at half coverage.  Images of
