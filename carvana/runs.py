@@ -140,8 +140,8 @@ def write_folds(path: str | Path, table: Mapping[str, int]) -> Path:
 
 
 class Record(dict[str, Any]):
-    """A JSON record read from ``path``: an entry it lacks is one error naming the file and the entry, not a
-    ``KeyError`` traceback, wherever a stage indexes it (a record from an older version, or edited by hand)."""
+    """A JSON record read from ``path``: an entry it lacks is one error naming the file and the entry, not
+    a ``KeyError`` traceback, wherever a stage indexes it (a record of an older version, or hand-edited)."""
 
     def __init__(self, path: Path, entries: Mapping[str, Any]):
         super().__init__(entries)
@@ -223,6 +223,7 @@ def finished_manifest(folder: str | Path, ids: Sequence[str]) -> dict[str, Any] 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_HEAD = len(_PNG_SIGNATURE) + 16  # the signature, then IHDR's length, type, width and height
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk: length 0, type, CRC
+_TRUNCATED = "truncated PNG (it ends before its IEND chunk)"
 
 
 def _unreadable(path: str | Path, error: OSError) -> CarvanaError:
@@ -246,7 +247,7 @@ def map_size(path: str | Path) -> tuple[int, int]:
     if not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
         raise _bad_png(path, "not a PNG" if head else "an empty file")
     if tail != _PNG_IEND:
-        raise _bad_png(path, "truncated PNG (it does not end with an IEND chunk)")
+        raise _bad_png(path, _TRUNCATED)
     width, height = struct.unpack_from(">II", head, 16)
     return height, width
 
@@ -267,7 +268,7 @@ def _check_chunks(path: str | Path, png: memoryview) -> None:
         if kind == b"IEND":
             return
         pos = end
-    raise _bad_png(path, "truncated PNG (it ends before its IEND chunk)")
+    raise _bad_png(path, _TRUNCATED)
 
 
 def read_map(path: str | Path) -> np.ndarray:

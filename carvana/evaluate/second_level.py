@@ -20,7 +20,7 @@ import numpy as np
 from carvana import runs
 from carvana.data.datasets import oof_maps
 from carvana.data.kaggle import read_mask
-from carvana.errors import CarvanaError, run_command
+from carvana.errors import CarvanaError, check_shape, run_command
 from carvana.metrics import dice
 from carvana.predict.oof import pooled_dice, validation_samples
 
@@ -39,8 +39,13 @@ def compare(
         samples = validation_samples(run)
         maps = oof_maps(sources, samples, runs.read_folds(run / runs.FOLDS))
         for sample, paths in zip(samples, maps, strict=True):
-            mean = np.mean([runs.read_map(path) for path in paths], axis=0)
-            scores.append(dice(mean > threshold * 255, read_mask(sample.mask)))
+            truth = read_mask(sample.mask)
+            probs = [runs.read_map(path) for path in paths]
+            for path, prob in zip(paths, probs, strict=True):
+                check_shape(
+                    sample.image_id, path, prob.shape, truth.shape, f"the size of its mask {sample.mask}"
+                )
+            scores.append(dice(np.mean(probs, axis=0) > threshold * 255, truth))
     return {"mean of sources": float(np.mean(scores)), "refine": pooled_dice(folds)}
 
 

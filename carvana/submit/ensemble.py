@@ -1,8 +1,9 @@
 """Combining prediction folders into one: weighted mean of the probabilities, or a hard majority vote.
 
-Runs image by image in worker processes, each writing its output map whole (temp name, then rename), so an
-interrupted run resumes where it stopped: images whose output exists are skipped. ``manifest.json`` is
-written last, so its presence means the folder is complete.
+Every input map is vetted first (present in every folder, a whole PNG, the same size in each), so bad input
+is refused before anything is written. Then it runs image by image in worker processes, each writing its
+output map whole (temp name, then rename), so an interrupted run resumes where it stopped: images whose
+output exists are skipped. ``manifest.json`` is written last, so its presence means the folder is complete.
 """
 
 from __future__ import annotations
@@ -17,14 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from carvana import runs
-from carvana.errors import (
-    CarvanaError,
-    check_folder,
-    check_shape,
-    check_workers,
-    normalised_weights,
-    run_command,
-)
+from carvana.errors import CarvanaError, check_shape, check_workers, normalised_weights, run_command
 from carvana.workers import imap_unordered
 
 log = logging.getLogger(__name__)
@@ -83,13 +77,14 @@ def _combine(image_id: str, settings: Settings) -> str:
     return image_id
 
 
-def _input_manifest(folder: Path) -> dict | None:
-    """An input folder's manifest (checkpoints, TTA, geometry...) for the provenance record; None when it has
-    no readable one (a hand-made folder), which is no reason to refuse it."""
-    try:
-        return runs.read_manifest(folder)
-    except CarvanaError:
-        return None
+def _check_sizes(folders: Sequence[Path], ids: Sequence[str]) -> None:
+    """Each image's maps must be whole PNGs of one size, read from their headers before anything is
+    written."""
+    for image_id in ids:
+        paths = [runs.map_path(folder, image_id) for folder in folders]
+        size = runs.map_size(paths[0])
+        for path in paths[1:]:
+            check_shape(image_id, path, runs.map_size(path), size, f"the size of {paths[0]}")
 
 
 def average(
@@ -102,7 +97,7 @@ def average(
 ) -> Path:
     """Combine the prediction folders ``inputs`` into ``out``; returns ``out``.
 
-    Every image of the first folder must be in all the others (``subset`` keeps only the ids they share).
+    Every folder must hold the same images (``subset`` keeps only the ids they share).
     Pixel = round(sum w_i p_i) with the weights normalised, or with ``vote`` 255 where the weighted share
     of maps with p >= 0.5 is at least half (a tie counts as car), else 0. ``workers=0`` uses every CPU.
     """
@@ -113,24 +108,25 @@ def average(
     check_workers(workers)
     norm = normalised_weights(weights, len(folders))
     for folder in folders:
-        check_folder(folder, "prediction folder")
         if out.resolve() == folder.resolve():
             raise CarvanaError(f"output folder {out} is also an input")
 
-    ids = runs.map_ids(folders[0])
-    if not ids:
-        raise CarvanaError(f"no <id>{runs.MAP_SUFFIX} in {folders[0]}")
-    for folder in folders[1:]:
-        present = set(runs.map_ids(folder))
-        missing = [image_id for image_id in ids if image_id not in present]
+    present = [runs.input_map_ids(folder) for folder in folders]
+    every = sorted(set().union(*present))
+    for folder, found in zip(folders, present, strict=True):
+        missing = sorted(set(every).difference(found))
         if missing and not subset:
             raise CarvanaError(
-                f"{len(missing)} of {len(ids)} images of {folders[0]} are missing from "
-                f"{folder}, first: {missing[0]} (subset=True keeps the images all have)"
+                f"{len(missing)} of {len(every)} images are missing from {folder}, first: "
+                f"{missing[0]}{runs.MAP_SUFFIX} (subset=True keeps the images all have)"
             )
-        ids = [image_id for image_id in ids if image_id in present]
+    ids = sorted(set(every).intersection(*present))
     if not ids:
         raise CarvanaError(f"the folders {', '.join(map(str, folders))} share no image")
+    # The inputs' own manifests keep the provenance whole: which checkpoints and TTA made each input.
+    input_manifests = [
+        runs.finished_manifest(folder, found) for folder, found in zip(folders, present, strict=True)
+    ]
 
     manifest = {
         "stage": "ensemble",
@@ -141,16 +137,16 @@ def average(
         "images": len(ids),
     }
     runs.refuse_made_otherwise(out, manifest, ("inputs", "weights", "vote"))
-    out.mkdir(parents=True, exist_ok=True)
-    done = set(runs.map_ids(out))
+    done = set(runs.map_ids(out)) if out.is_dir() else set()
     todo = [image_id for image_id in ids if image_id not in done]
+    _check_sizes(folders, todo)
+    out.mkdir(parents=True, exist_ok=True)
 
     settings: Settings = (tuple(map(str, folders)), str(out), norm, vote)
     combine = functools.partial(_combine, settings=settings)
     for _ in imap_unordered(combine, todo, workers):
         pass
-    # The inputs' own manifests keep the provenance whole: which checkpoints and TTA made each input.
-    manifest["input_manifests"] = [_input_manifest(folder) for folder in folders]
+    manifest["input_manifests"] = input_manifests
     runs.write_json(out / runs.MANIFEST, manifest)
     log.info("%s: %d images written, %d already there", out, len(todo), len(ids) - len(todo))
     return out

@@ -122,13 +122,14 @@ def evaluate(
     oof_dir, masks_dir = Path(oof_dir), Path(masks_dir)
     check_fraction("threshold", threshold)
     check_workers(workers)
-    check_folder(oof_dir)
+    ids = runs.input_map_ids(oof_dir)
     check_folder(masks_dir)
+    runs.finished_manifest(oof_dir, ids)
     steps = {"none": PostProcess(), **{name: step for name, step in steps.items() if name != "none"}}
     masks = {entry.name for entry in os.scandir(masks_dir)}
     pairs = [
         (str(runs.map_path(oof_dir, image_id)), str(mask_path(masks_dir, image_id)))
-        for image_id in runs.map_ids(oof_dir)
+        for image_id in ids
         if mask_path(masks_dir, image_id).name in masks
     ]
     if not pairs:

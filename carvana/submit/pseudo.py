@@ -57,19 +57,29 @@ def mask_gif(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _check_sizes(ids: list[str], pred_dir: Path, images_dir: Path) -> None:
+    """Every map must be a whole PNG the size of its JPEG, both read from their headers before anything is
+    written."""
+    for image_id in ids:
+        path, jpeg = runs.map_path(pred_dir, image_id), image_path(images_dir, image_id)
+        try:
+            with Image.open(jpeg) as image:  # reads the header only
+                size = image.size[::-1]
+        except OSError as error:
+            raise CarvanaError(f"{jpeg}: cannot read image ({error})") from None
+        check_shape(image_id, path, runs.map_size(path), size, f"the size of its image {jpeg}")
+
+
 def _select(
     image_id: str, pred_dir: Path, images_dir: Path, out_root: Path, max_uncertain: float, cutoff: int
 ) -> tuple[str, float, bool]:
     """(id, uncertain share, kept); a kept image's mask is written before its JPEG, so that a JPEG in
     ``train/`` always has its mask, even after a crash."""
-    path = runs.map_path(pred_dir, image_id)
-    prob = runs.read_map(path)
+    prob = runs.read_map(runs.map_path(pred_dir, image_id))
     share = confidence(prob)
     if share > max_uncertain:
         return image_id, share, False
     jpeg = image_path(images_dir, image_id)
-    with Image.open(jpeg) as image:  # reads the header only
-        check_shape(image_id, path, prob.shape, image.size[::-1], f"the size of its image {jpeg}")
     atomic_write_bytes(mask_path(out_root / MASKS_DIR, image_id), mask_gif(prob > np.uint8(cutoff)))
     link_or_copy(jpeg, image_path(out_root / IMAGES_DIR, image_id))
     return image_id, share, True
@@ -88,17 +98,15 @@ def select_and_write(
     Keeps the images whose uncertain share is <= ``max_uncertain``: ``train/<id>.jpg`` (hard link to
     ``images_dir/<id>.jpg``, or a copy), ``train_masks/<id>_mask.gif`` (PNG > threshold*255, as in the
     submission) and ``pseudo.csv`` (id, uncertain share). ``out_root`` must not hold pairs already, so
-    that two selections never mix. Returns the kept ids, sorted; ``workers=0`` uses every CPU.
+    that two selections never mix; bad input is refused before it is created. Returns the kept ids,
+    sorted; ``workers=0`` uses every CPU.
     """
     pred_dir, images_dir, out_root = Path(pred_dir), Path(images_dir), Path(out_root)
     check_fraction("max_uncertain", max_uncertain)
     check_fraction("threshold", threshold)
     check_workers(workers)
-    check_folder(pred_dir)
+    ids = runs.input_map_ids(pred_dir)
     check_folder(images_dir)
-    ids = runs.map_ids(pred_dir)
-    if not ids:
-        raise CarvanaError(f"no <id>{runs.MAP_SUFFIX} in {pred_dir}")
     jpegs = {entry.name for entry in os.scandir(images_dir)}
     missing = [image_id for image_id in ids if f"{image_id}{IMAGE_SUFFIX}" not in jpegs]
     if missing:
@@ -106,10 +114,13 @@ def select_and_write(
             f"{len(missing)} of {len(ids)} predictions in {pred_dir} have no JPEG in "
             f"{images_dir}, first: {missing[0]}{IMAGE_SUFFIX}"
         )
-    for sub in (IMAGES_DIR, MASKS_DIR):
-        folder = out_root / sub
+    runs.finished_manifest(pred_dir, ids)
+    folders = [out_root / IMAGES_DIR, out_root / MASKS_DIR]
+    for folder in folders:
         if folder.is_dir() and any(os.scandir(folder)):
             raise CarvanaError(f"{folder} is not empty; write pseudo-labels to a new folder or delete it")
+    _check_sizes(ids, pred_dir, images_dir)
+    for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
 
     select = functools.partial(

@@ -3,7 +3,8 @@
 The prediction folder holds one map per test image (``carvana.runs``): 8-bit probabilities (v means v/255)
 at the image's original resolution, ``image_id`` being the stem of the sample's ``img`` column.
 A full submission is 100,064 rows of about 12 kB each, so rows are streamed in sample order from worker
-processes, and the file only appears under its final name once it is complete.
+processes, and the file only appears under its final name once it is complete. Every map is vetted first
+(present, a whole PNG, the right size: two small reads each), so bad input is refused before any writing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from carvana import runs
 from carvana.data.kaggle import SAMPLE_SUBMISSION
 from carvana.errors import (
     CarvanaError,
-    check_folder,
     check_fraction,
     check_shape,
     check_workers,
@@ -72,29 +72,33 @@ def _csv_rows(path: Path, what: str) -> Iterator[IO[str]]:
 
 
 def read_sample(path: str | os.PathLike) -> list[str]:
-    """The ``img`` column of a sample submission, in its order (the order Kaggle expects the rows in)."""
+    """The ``img`` column of a sample submission, in its order (the order Kaggle expects the rows in); an
+    image listed twice is an error, since a submission written or checked against it would repeat a row."""
     with _csv_rows(Path(path), "sample submission") as f:
         lines = f.read().splitlines()
-    return [line.partition(",")[0] for line in lines if line]
+    images = [line.partition(",")[0] for line in lines if line]
+    first_row: dict[str, int] = {}
+    for row, img in enumerate(images, 1):
+        if first_row.setdefault(img, row) != row:
+            raise CarvanaError(f"{path}: row {row} ({img[:60]}) repeats row {first_row[img]}")
+    return images
 
 
 def _image_id(img: str) -> str:
     return Path(img).stem
 
 
-# (cutoff, postprocess, shape, weights, vote): mask = map > cutoff, then postprocess; shape (H, W) is enforced
-# when set; the weights and vote combine the maps of several folders (carvana.ensemble.combine).
-Settings = tuple[int, Postprocess | None, tuple[int, int] | None, tuple[float, ...], bool]
+# (cutoff, postprocess, weights, vote): mask = map > cutoff, then postprocess; the weights and vote combine
+# the maps of several folders (carvana.ensemble.combine).
+Settings = tuple[int, Postprocess | None, tuple[float, ...], bool]
 _worker_settings: Settings | None = None
 
 
 def _encode_map(paths: tuple[str, ...], settings: Settings) -> str:
     """RLE of one image's prediction map, or of the combination of its maps in several folders."""
-    cutoff, postprocess, shape, weights, vote = settings
+    cutoff, postprocess, weights, vote = settings
     path = paths[0]
     prob = ensemble.combine(paths, weights, vote) if len(paths) > 1 or vote else runs.read_map(path)
-    if shape is not None:
-        check_shape(Path(path).stem, path, prob.shape, shape, "the original image size")
     mask = prob > np.uint8(cutoff)
     if postprocess is not None:
         out = np.asarray(postprocess(mask))
@@ -115,6 +119,17 @@ def _encode_map_in_worker(paths: tuple[str, ...]) -> str:
     return _encode_map(paths, _worker_settings)
 
 
+def _check_sizes(paths: Sequence[tuple[str, ...]], shape: tuple[int, int] | None) -> None:
+    """Every map must be a whole PNG of ``shape``, or of the first row's map's size when None (a submission's
+    masks are all the test images' size), read from their headers before anything is written."""
+    reference = "the size asked for"
+    if shape is None:
+        shape, reference = runs.map_size(paths[0][0]), f"the size of the first row's map {paths[0][0]}"
+    for group in paths:
+        for path in group:
+            check_shape(Path(path).stem, path, runs.map_size(path), shape, reference)
+
+
 def write(
     pred_dir: str | os.PathLike | Sequence[str | os.PathLike],
     sample_submission: str | os.PathLike,
@@ -132,7 +147,7 @@ def write(
 
     mask = map > threshold*255, then ``postprocess(mask)`` (a module-level function when workers > 1, so
     that start methods other than fork can pickle it). ``subset`` writes only the rows that have a map
-    instead of failing when one is missing; ``shape`` (H, W), when given, is enforced on every map;
+    instead of failing when one is missing; every map must be ``shape`` (H, W), by default the first's;
     ``workers=0`` uses every CPU, 1 encodes in this process; ``compress`` writes gzip to an ``out`` ending
     in .gz. ``pred_dir`` may be a list of prediction folders: each row is then their combination with
     ``weights`` and ``vote`` as ``carvana.submit.ensemble.average`` makes it, computed on the fly, so the rows
@@ -147,25 +162,28 @@ def write(
     norm = normalised_weights(weights, len(folders))
     if compress != out.name.endswith(".gz"):
         raise CarvanaError(f"output {out} must end in .gz exactly when compress is set (compress={compress})")
-    for folder in folders:
-        check_folder(folder, "prediction folder")
-    where = ", ".join(map(str, folders))
+    present = [runs.input_map_ids(folder) for folder in folders]
     images = read_sample(sample_submission)
-    present = set.intersection(*(set(runs.map_ids(folder)) for folder in folders))
-    found = [_image_id(img) in present for img in images]
-    rows = [img for img, ok in zip(images, found, strict=True) if ok]
-    missing = [Path(img).stem for img, ok in zip(images, found, strict=True) if not ok]
-    if missing and not subset:
-        raise CarvanaError(
-            f"{len(missing)} of {len(images)} images in {sample_submission.name} have no "
-            f"prediction in {where}, first: {', '.join(missing[:3])} (subset=True writes "
-            "only the rows present)"
-        )
+    wanted = [_image_id(img) for img in images]
+    for folder, found in zip(folders, present, strict=True):
+        known = set(found)
+        missing = [f"{image_id}{runs.MAP_SUFFIX}" for image_id in wanted if image_id not in known]
+        if missing and not subset:
+            raise CarvanaError(
+                f"{len(missing)} of {len(images)} images in {sample_submission.name} have no "
+                f"prediction in {folder}, first: {', '.join(missing[:3])} (subset=True writes "
+                "only the rows present)"
+            )
+        runs.finished_manifest(folder, found)
+    shared = set(present[0]).intersection(*present[1:])
+    rows = [img for img, image_id in zip(images, wanted, strict=True) if image_id in shared]
     if not rows:
+        where = ", ".join(map(str, folders))
         raise CarvanaError(f"no prediction in {where} matches an image of {sample_submission.name}")
-    workers = min(workers or os.cpu_count() or 1, len(rows))
-    settings: Settings = (math.floor(threshold * 255), postprocess, shape, norm, vote)
     paths = [tuple(str(runs.map_path(folder, _image_id(img))) for folder in folders) for img in rows]
+    _check_sizes(paths, shape)
+    workers = min(workers or os.cpu_count() or 1, len(rows))
+    settings: Settings = (math.floor(threshold * 255), postprocess, norm, vote)
 
     try:
         with atomic_path(out) as tmp, contextlib.ExitStack() as stack:
@@ -309,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     wrt.add_argument("--subset", action="store_true", help="write only the rows that have a map")
     wrt.add_argument("--workers", type=int, default=0, help="processes; 0 = one per CPU")
     wrt.add_argument("--gzip", action="store_true", help="gzip the output (name it .csv.gz)")
-    wrt.add_argument("--height", type=int, help="enforce this map height (with --width)")
-    wrt.add_argument("--width", type=int, help="enforce this map width (with --height)")
+    wrt.add_argument("--height", type=int, help="every map's height (with --width; default: the first's)")
+    wrt.add_argument("--width", type=int, help="every map's width (with --height; default: the first's)")
     args = parser.parse_args(argv)
 
     def action() -> str:
