@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from carvana import runs, targets
@@ -94,7 +95,12 @@ def load_run_config(run_dir: str | Path, check_targets: bool = True) -> DictConf
             f"{run_dir}: no {runs.RUN_CONFIG}; checkpoints must stay in their run folder "
             f"(<run>/{runs.CHECKPOINTS}/<name>.ckpt beside <run>/{runs.RUN_CONFIG.parent}/)"
         )
-    config = OmegaConf.load(path)
+    try:
+        config = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise CarvanaError(f"{path}: not a readable config ({str(error).splitlines()[0]})") from None
+    if not isinstance(config, DictConfig):
+        raise CarvanaError(f"{path}: not a config (a YAML mapping)")
     if check_targets:
         targets.check(config, source=str(path))
     return config

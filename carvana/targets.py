@@ -31,6 +31,7 @@ EXACT = frozenset(
     {
         "pytorch_lightning.Trainer",
         "carvana.predict.oof.predict_oof",
+        "datetime.timedelta",
     }
 )
 
@@ -56,6 +57,7 @@ PREFIXES: dict[str, tuple[str, ...] | None] = {
     "carvana.train.segmentation_module": None,
     "carvana.train.losses": None,
     "carvana.train.schedules": None,
+    "carvana.train.checkpoint_io": None,
     "carvana.train.callbacks": None,
     "carvana.submit.postprocess": None,
     "carvana.submit.submission": None,

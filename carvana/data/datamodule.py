@@ -19,6 +19,7 @@ from carvana.data.check import require_names
 from carvana.data.datasets import CarvanaDataset, StackedDataset, oof_maps
 from carvana.data.geometry import Geometry
 from carvana.data.kaggle import Sample, train_samples
+from carvana.data.sampling import EpochOrder
 from carvana.errors import CarvanaError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class CarvanaDataModule(pl.LightningDataModule):
         batch_size: training images per step.
         val_batch_size: validation images per step; None = ``batch_size``.
         num_workers: DataLoader worker processes.
+        seed: the training order's and augmentation's seed (``carvana.data.sampling``): the same draws
+            with or without workers, and across a resume.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         batch_size: int = 4,
         val_batch_size: int | None = None,
         num_workers: int = 2,
+        seed: int = 0,
     ):
         super().__init__()
         if not 0 <= fold < n_folds:
@@ -80,8 +84,11 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
+        self.seed = seed
         self.train_set: CarvanaDataset | None = None
         self.val_set: CarvanaDataset | None = None
+        self.order: EpochOrder | None = None
+        self._resume_at = (0, 0)  # (epoch, images of it already trained on), from a checkpoint
 
     @override
     def prepare_data(self) -> None:
@@ -133,12 +140,12 @@ class CarvanaDataModule(pl.LightningDataModule):
             self.train_set = CarvanaDataset(train, train_transform)
             self.val_set = CarvanaDataset(val, eval_transform, transform_mask=False)
 
-    def _loader(self, dataset: CarvanaDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: CarvanaDataset, batch_size: int, order: EpochOrder | None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
+            sampler=order,
+            drop_last=order is not None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -146,8 +153,31 @@ class CarvanaDataModule(pl.LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        epoch, skip = self._resume_at
+        self.order = EpochOrder(len(self.train_set), self.seed, epoch, skip)
+        return self._loader(self.train_set, self.batch_size, self.order)
 
     @override
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.val_batch_size, None)
+
+    def _images_per_step(self) -> int:
+        return self.batch_size * (self.trainer.world_size if self.trainer else 1)
+
+    @override
+    def state_dict(self) -> dict[str, int]:
+        """Where the training order stands, saved in every checkpoint: the epoch being iterated and its
+        batches trained on (Lightning's own count, so prefetched batches are not counted)."""
+        if self.order is None or self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.order.epoch, "images": done * self._images_per_step()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume the order where the checkpoint stood: inside its epoch, or at the next one."""
+        if not state_dict:
+            return
+        epoch, images = state_dict["epoch"], state_dict["images"]
+        per_epoch = len(self.train_set) // self.batch_size * self._images_per_step() if self.train_set else 0
+        self._resume_at = (epoch, images) if images < per_epoch else (epoch + 1, 0)

@@ -40,8 +40,13 @@ class CarvanaDataset(Dataset):
         """The network's uint8 (H, W, C) input before transforms; the second level adds channels here."""
         return read_image(self.samples[index].image)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: an index, or ``(index, draw)`` from ``EpochOrder``, whose draw seeds the transforms so
+        that the augmentation does not depend on which process decodes the image."""
         reuse_freed_buffers()  # in the process that decodes: a DataLoader worker, or this one
+        index, draw = key if isinstance(key, tuple) else (key, None)
+        if draw is not None:
+            self.transform.set_random_seed(draw)
         sample = self.samples[index]
         image = self.load_image(index)
         item: dict = {"id": sample.image_id, "height": image.shape[0], "width": image.shape[1]}
