@@ -1,12 +1,11 @@
 """The prediction stage: TTA arithmetic, and predict.py on a real train.py run (synthetic and real test
-images, 2-process DDP, a run killed half-way and continued)."""
+images, 2-process DDP, a run killed after its 3rd map and continued)."""
 
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -26,6 +25,7 @@ from carvana.submit import rle, submission
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+KILLED_AFTER = 3  # maps written whole before the real-image run is killed
 
 
 def predict_py(*overrides: str, **popen) -> subprocess.CompletedProcess:
@@ -198,10 +198,11 @@ def test_ddp_writes_every_image_exactly_once(trained_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def resumed_real(trained_run, tmp_path_factory, shared_full) -> dict:
-    """The 13 real 1918x1280 test JPEGs predicted by a run killed after 3 maps, then run again.
+    """The 13 real 1918x1280 test JPEGs predicted by a run SIGKILLed once its 3rd map is written whole
+    (``tests/kill_switch.py``; one writer thread writes the maps in order), then run again.
 
     The checkpoint is the tiny trained one; its run's config is switched to resize geometry (256x384) so
-    that a CPU predicts a full-size image in well under a second, yet slowly enough to be killed half-way.
+    that a CPU predicts a full-size image in well under a second.
     """
     tmp = tmp_path_factory.mktemp("real")
     run = tmp / "outputs" / "resized" / "fold0"
@@ -211,9 +212,7 @@ def resumed_real(trained_run, tmp_path_factory, shared_full) -> dict:
     OmegaConf.save(config, run / ".hydra" / "config.yaml")
 
     out = tmp / "pred"
-    args = [
-        sys.executable,
-        "predict.py",
+    overrides = [
         f"checkpoints={run}/checkpoints/best.ckpt",
         f"out_dir={out}",
         f"data.root={shared_full}",
@@ -221,24 +220,28 @@ def resumed_real(trained_run, tmp_path_factory, shared_full) -> dict:
         "trainer=cpu",
         "data.batch_size=1",
         "data.num_workers=0",
+        "writer_threads=1",
     ]
-    first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("*.png"))) < 3 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    assert first.wait() == -signal.SIGKILL, "the first run ended before it could be killed"
+    kill = [str(REPO / "tests" / "kill_switch.py"), "carvana.runs:write_map", str(KILLED_AFTER), "KILL", "--"]
+    first = subprocess.run(
+        [sys.executable, *kill, "predict.py", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        start_new_session=True,  # the kill takes the process group: this command's alone
+    )
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     killed = {png.name: png.stat().st_mtime_ns for png in out.glob("*.png")}
 
-    second = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    second = predict_py(*overrides)
     assert second.returncode == 0, second.stderr[-3000:]
     return {"out": out, "killed": killed, "log": second.stdout + second.stderr}
 
 
 def test_killed_run_continues_without_recomputing(resumed_real):
     out, killed = resumed_real["out"], resumed_real["killed"]
-    assert 3 <= len(killed) < 13
-    assert f"{out}: {13 - len(killed)} of 13 images to predict" in resumed_real["log"]
+    assert len(killed) == KILLED_AFTER
+    assert f"{out}: {13 - KILLED_AFTER} of 13 images to predict" in resumed_real["log"]
     assert {png.name: png.stat().st_mtime_ns for png in out.glob("*.png") if png.name in killed} == killed
     assert len(list(out.glob("*.png"))) == 13 and not list(out.glob(".*.tmp"))
     assert OmegaConf.load(out / "manifest.json").images == 13

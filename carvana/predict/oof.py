@@ -96,12 +96,14 @@ def predict_oof(
     batch_size: int = 2,
     num_workers: int = 2,
     trainer: DictConfig | None = None,
+    writer_threads: int = 2,
     **trainer_overrides: Any,
 ) -> float:
     """Predict a fold's validation images with its checkpoint into ``<run>/oof`` and score them.
 
     ``trainer`` is a ``trainer`` config node (the fit's own, when training calls this), by default the one
-    the run was trained with; ``trainer_overrides`` replace its settings (``accelerator="cpu"``...). Maps
+    the run was trained with; ``trainer_overrides`` replace its settings (``accelerator="cpu"``...);
+    ``writer_threads`` encode the maps beside the accelerator (predict.py's ``writer_threads``). Maps
     already there and newer than the checkpoint are kept; after another checkpoint or TTA all are predicted
     again. Every rank returns the score; global rank 0 writes ``oof_score.json`` and ``oof/manifest.json``.
     """
@@ -114,7 +116,7 @@ def predict_oof(
     stale = runs.made_otherwise(oof_dir, manifest)
     since = time.time() if stale else group[0].checkpoint.stat().st_mtime
 
-    writer = PngWriter(oof_dir)
+    writer = PngWriter(oof_dir, threads=writer_threads)
     pl_trainer = prediction_trainer(
         config.trainer if trainer is None else trainer, writer, run_dir, **trainer_overrides
     )
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=("hflip", "none"), default="hflip")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--writer-threads", type=int, default=2, help="map encoding threads")
     trainer = parser.add_argument_group("trainer", "the run's own trainer settings unless given")
     trainer.add_argument("--accelerator", help="cpu, gpu or auto")
     trainer.add_argument("--devices", help="e.g. 1, 2 or auto")
@@ -177,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     def action() -> str | None:
         scores = {
             run_dir: predict_oof(
-                run_dir, args.checkpoint, args.tta == "hflip", args.batch_size, args.num_workers, **overrides
+                run_dir,
+                args.checkpoint,
+                args.tta == "hflip",
+                args.batch_size,
+                args.num_workers,
+                writer_threads=args.writer_threads,
+                **overrides,
             )
             for run_dir in args.run_dirs
         }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import glob
 import gzip
 import io
 import logging
@@ -35,7 +36,7 @@ from carvana.errors import (
     normalised_weights,
     run_command,
 )
-from carvana.files import atomic_path
+from carvana.files import atomic_path, temp_files
 from carvana.submit import ensemble, rle
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def write(
     weights: Sequence[float] | None = None,
     vote: bool = False,
 ) -> Path:
-    """Write the submission for ``pred_dir`` in sample order, atomically; returns ``out``.
+    """Write the submission for ``pred_dir`` in sample order, atomically; returns ``out``. The part a killed
+    write of ``out`` left under a temporary name (up to the 1.2 GB of a full file) is removed first.
 
     mask = map > threshold*255, then ``postprocess(mask)`` (a module-level function when workers > 1, so
     that start methods other than fork can pickle it). ``subset`` writes only the rows that have a map
@@ -184,6 +186,8 @@ def write(
     _check_sizes(paths, shape)
     workers = min(workers or os.cpu_count() or 1, len(rows))
     settings: Settings = (math.floor(threshold * 255), postprocess, norm, vote)
+    for stale in temp_files(out.parent, glob.escape(out.name)):
+        stale.unlink(missing_ok=True)
 
     try:
         with atomic_path(out) as tmp, contextlib.ExitStack() as stack:
