@@ -51,6 +51,7 @@ PREFIXES: dict[str, tuple[str, ...] | None] = {
     "pytorch_lightning.loggers": ("pytorch_lightning.loggers.Logger",),
     "pytorch_lightning.strategies": ("pytorch_lightning.strategies.Strategy",),
     "pytorch_lightning.plugins.environments": ("lightning_fabric.plugins.environments.ClusterEnvironment",),
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher": ("hydra.plugins.launcher.Launcher",),
     "carvana.data.datamodule": None,
     "carvana.data.geometry": None,
     "carvana.models": None,

@@ -16,13 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+import kill_switch
 import pytest
 import torch
 
 from carvana.files import temp_files
 from carvana.runs import BEST, FOLD_SCORE, LAST, checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 STEP = "carvana.train.segmentation_module:SegmentationModule.training_step"
 STEPS_PER_EPOCH = 16  # 4 training cars x 16 angles, batch 4
 EPOCHS = 2
@@ -32,9 +32,10 @@ RNG = random.Random(12)  # the kill points: seeded, drawn once per session
 def overrides(root: Path, cache: Path, *extra: str) -> list[str]:
     return [
         f"paths.output_root={root}", f"paths.cache_dir={cache}", "trainer=cpu", "model=linknet18",
-        "model.encoder_weights=null", "+model.encoder_depth=3", f"trainer.max_epochs={EPOCHS}", "data.synthetic.cars=5",
-        "data.synthetic.test_cars=1", "data.synthetic.width=100", "data.synthetic.height=70",
-        "data.batch_size=4", "logger=none", "oof=false", "trainer.deterministic=true", *extra,
+        "model.encoder_weights=null", "+model.encoder_depth=3", f"trainer.max_epochs={EPOCHS}",
+        "data.synthetic.cars=5", "data.synthetic.test_cars=1", "data.synthetic.width=100",
+        "data.synthetic.height=70", "data.batch_size=4", "logger=none", "oof=false",
+        "trainer.deterministic=true", *extra,
     ]  # fmt: skip
 
 
@@ -42,11 +43,7 @@ def train(
     root: Path, cache: Path, *extra: str, fault: tuple[int, str] | None = None
 ) -> subprocess.CompletedProcess:
     """``train.py`` as a user runs it, with ``fault`` = (N, action) injected after the N-th training step."""
-    harness = [str(REPO / "tests" / "kill_switch.py"), STEP, str(fault[0]), fault[1], "--"] if fault else []
-    return subprocess.run(
-        [sys.executable, *harness, "train.py", *overrides(root, cache, *extra)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, start_new_session=True,
-    )  # fmt: skip
+    return kill_switch.run(["train.py", *overrides(root, cache, *extra)], (STEP, *fault) if fault else None)
 
 
 def run_dir(root: Path) -> Path:
@@ -125,6 +122,7 @@ def test_kills_inside_epochs_resume_from_the_timed_checkpoint_mid_epoch(referenc
     assert not temp_files(checkpoint(run_dir(tmp_path)).parent)
     done = train(tmp_path, cache, timed)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "not resumable" not in done.stderr  # Lightning's warning for a loader that would restart its epoch
     assert_same_weights(weights(tmp_path), weights(reference))
     assert score(tmp_path) == score(reference)
 
@@ -160,16 +158,16 @@ from carvana.train.checkpoint_io import AtomicCheckpointIO
 io, version = AtomicCheckpointIO(), 0
 while True:
     version += 1
-    io.save_checkpoint({"version": version, "weights": torch.full((8_000_000,), float(version))}, sys.argv[1])
+    io.save_checkpoint({"version": version, "weights": torch.full((4_000_000,), float(version))}, sys.argv[1])
     print(version, flush=True)
 """
 
 
 def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_whole(tmp_path):
-    """A 32 MB checkpoint saved over and over, killed at seeded moments (most land inside a save)."""
+    """A 16 MB checkpoint saved over and over, killed at seeded moments (most land inside a save)."""
     path = tmp_path / "checkpoints" / LAST
     rng = random.Random(7)
-    for _ in range(3):
+    for _ in range(2):
         saver = subprocess.Popen(
             [sys.executable, "-c", SAVE_LOOP, str(path)], stdout=subprocess.PIPE, text=True
         )
@@ -178,4 +176,4 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_whole(tmp_path)
         saver.kill()
         saver.wait()
         saved = torch.load(path, weights_only=True)
-        assert torch.equal(saved["weights"], torch.full((8_000_000,), float(saved["version"])))
+        assert torch.equal(saved["weights"], torch.full((4_000_000,), float(saved["version"])))

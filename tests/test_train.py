@@ -14,6 +14,9 @@ from wandb_records import records, run_info, summary
 
 from carvana.data.kaggle import train_samples
 
+# A W&B API key in the environment, as on a user's machine: no file the run writes may hold it.
+SECRET = "5f3c9e0a7b1d2c4e6f8a0b1c3d5e7f9a1b3c5d7e"
+
 
 def wandb_logs(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
@@ -22,9 +25,17 @@ def wandb_logs(run_dir: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def fold2(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     tmp_path = tmp_path_factory.mktemp("fold2")
-    result = train(tmp_path, "model=linknet34", "fold=2")
+    result = train(tmp_path, "model=linknet34", "fold=2", env={"WANDB_API_KEY": SECRET})
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path / "outputs" / "linknet34" / "fold2", result
+
+
+def test_no_file_of_the_run_holds_the_wandb_key(fold2):
+    run_dir, result = fold2
+    files = [path for path in run_dir.parent.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".wandb" for path in files) and any(path.name == "train.log" for path in files)
+    assert [path for path in files if SECRET.encode() in path.read_bytes()] == []
+    assert SECRET not in result.stdout + result.stderr
 
 
 def test_one_fold_writes_the_run_folder(fold2):

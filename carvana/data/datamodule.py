@@ -19,7 +19,7 @@ from carvana.data.check import require_names
 from carvana.data.datasets import CarvanaDataset, StackedDataset, oof_maps
 from carvana.data.geometry import Geometry
 from carvana.data.kaggle import Sample, train_samples
-from carvana.data.sampling import EpochOrder
+from carvana.data.sampling import EpochOrder, OrderedLoader
 from carvana.errors import CarvanaError
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class CarvanaDataModule(pl.LightningDataModule):
             self.val_set = CarvanaDataset(val, eval_transform, transform_mask=False)
 
     def _loader(self, dataset: CarvanaDataset, batch_size: int, order: EpochOrder | None) -> DataLoader:
-        return DataLoader(
+        return (OrderedLoader if order else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=order,

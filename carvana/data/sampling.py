@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class EpochOrder(Sampler[tuple[int, int]]):
@@ -44,3 +44,15 @@ class EpochOrder(Sampler[tuple[int, int]]):
         self.epoch += 1
         skip, self.skip = self.skip, 0
         yield from self.keys(self.epoch)[skip:]
+
+
+class OrderedLoader(DataLoader):
+    """The training loader over an ``EpochOrder``: resumable mid-epoch, which Lightning recognises by these
+    two methods. Its own state is empty: the order resumes from the data module's checkpointed state, which
+    counts the batches Lightning trained on rather than those the loader had prefetched."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore here (see the class)."""
