@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import ensemble, gpu, loading, prediction, report, rle, training
+from bench import data_check, ensemble, gpu, loading, prediction, report, rle, training
 from bench.harness import Case, Settings
 
 CASES: dict[str, Callable[[Settings], Case]] = {
@@ -25,6 +25,7 @@ CASES: dict[str, Callable[[Settings], Case]] = {
     "rle": rle.run,
     "ensemble": ensemble.run,
     "gpu": gpu.run,
+    "data_check": data_check.run,
 }
 
 

@@ -86,6 +86,7 @@ def test_gpu_case_is_skipped_with_a_reason_without_cuda(smoke):
         ("prediction", {"tta_equals_ttach", "pngs_equal_ttach"}),
         ("rle", {"identical_strings"}),
         ("ensemble", {"fused_rows_equal_reference", "two_steps_rows_equal_reference"}),
+        ("data_check", {"no_problems_on_real_files", "one_problem_naming_truncated_jpeg"}),
     ],
 )
 def test_outputs_agree_with_the_baselines(smoke, case, checks):

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from carvana.data.buffers import reuse_freed_buffers
 from carvana.data.kaggle import (
     ANGLES,
     IMAGE_SUFFIX,
@@ -185,6 +186,7 @@ def _count(n: int, what: str) -> str:
 def _decode(job: tuple[Path | None, Path | None]) -> _Decoded:
     """Decode one (image, mask) pair, either of which may be absent (a test image, an orphan mask): runs in
     a worker process, so it returns its findings rather than raising."""
+    reuse_freed_buffers()  # each decode would otherwise fault its image-sized buffers in afresh
     image, mask = job
     problems, shape, scaled = [], None, False
     if image is not None:
