@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -249,23 +249,41 @@ def _ragged(path: Path, rows: list[tuple[int, list[str]]], width: int) -> str | 
     return f"{path}: line {line} has {fields} fields, its header {width}{more}"
 
 
+def _table(
+    path: Path, report: Report, absent: str, header_ok: Callable[[list[str]], bool], bad_header: str
+) -> tuple[list[str], list[tuple[int, list[str]]]] | None:
+    """A CSV's header and (line, fields) rows, with its absence (information), a parse error, a bad header
+    or ragged rows (problems) reported; None where there is nothing more to check."""
+    if not path.is_file():
+        report.info.append(f"{path}: {absent}")
+        return None
+    rows = _csv_rows(path, report)
+    if rows is None:
+        return None
+    if not rows or not header_ok(rows[0][1]):
+        report.problems.append(f"{path}: {bad_header}")
+        return None
+    header, rows = rows[0][1], rows[1:]
+    ragged = _ragged(path, rows, len(header))
+    if ragged:
+        report.problems.append(ragged)
+    return header, rows
+
+
 def _check_sample(root: Path, tests: dict[str, Path], report: Report) -> int:
     """Every test image listed once in ``sample_submission.csv``; rows without their image are a subset.
     Returns the number of rows."""
     path = root / SAMPLE_SUBMISSION
-    if not path.is_file():
-        report.info.append(f"{path}: absent; the test images are not checked against it")
+    table = _table(
+        path,
+        report,
+        "absent; the test images are not checked against it",
+        lambda header: header == SAMPLE_HEADER,
+        f"header is not {','.join(SAMPLE_HEADER)}",
+    )
+    if table is None:
         return 0
-    rows = _csv_rows(path, report)
-    if rows is None:
-        return 0
-    if not rows or rows[0][1] != SAMPLE_HEADER:
-        report.problems.append(f"{path}: header is not {','.join(SAMPLE_HEADER)}")
-        return 0
-    rows = rows[1:]
-    ragged = _ragged(path, rows, len(SAMPLE_HEADER))
-    if ragged:
-        report.problems.append(ragged)
+    _, rows = table
     listed = Counter(row[0] for _, row in rows)
     report.problems += [f"{path}: {name} is listed {n} times" for name, n in sorted(listed.items()) if n > 1]
     names = {image.name for image in tests.values()}
@@ -284,19 +302,12 @@ def _check_metadata(root: Path, cars: set[str], report: Report) -> int:
     """``metadata.csv`` parses, with an ``id`` column; training reads nothing else of it, so cars it does not
     list are information. Returns the number of cars it lists."""
     path = root / METADATA
-    if not path.is_file():
-        report.info.append(f"{path}: absent")
+    table = _table(
+        path, report, "absent", lambda header: METADATA_ID in header, f"no {METADATA_ID} column in its header"
+    )
+    if table is None:
         return 0
-    rows = _csv_rows(path, report)
-    if rows is None:
-        return 0
-    if not rows or METADATA_ID not in rows[0][1]:
-        report.problems.append(f"{path}: no {METADATA_ID} column in its header")
-        return 0
-    header, rows = rows[0][1], rows[1:]
-    ragged = _ragged(path, rows, len(header))
-    if ragged:
-        report.problems.append(ragged)
+    header, rows = table
     column = header.index(METADATA_ID)
     ids = {row[column] for _, row in rows if len(row) > column}
     unlisted = sorted(cars - ids)
