@@ -27,6 +27,7 @@ COMMANDS = {
     "submission": ("carvana.submit.submission", "write or check a Kaggle submission file"),
     "pseudo": ("carvana.submit.pseudo", "turn confident test maps into pseudo-labelled training pairs"),
     "report": ("carvana.evaluate.cv_report", "the cross-validation table of a folder of runs"),
+    "lb": ("carvana.evaluate.leaderboard", "record a submission's Kaggle score beside its experiment's CV"),
     "refine": ("carvana.evaluate.second_level", "the second level's OOF Dice against its sources' mean"),
 }
 

@@ -2,5 +2,6 @@
 
 In: run folders with ``fold_score.json`` and ``oof_score.json`` and their out-of-fold maps. Out: the
 cross-validation table (``cv_report``: ``cv_report.md``, ``.csv``, ``.png`` and a W&B ``cv`` run) and the
-second level measured against the plain mean of its sources (``second_level``).
+second level measured against the plain mean of its sources (``second_level``); leaderboard scores
+recorded beside the CV (``leaderboard``).
 """

@@ -1,10 +1,11 @@
 """The cross-validation table: per-fold val Dice, mean, std and pooled out-of-fold Dice of each experiment.
 
 Every run folder ``<dir>/<name>/fold<k>`` holding a ``fold_score.json`` counts, and each ``<name>`` (the model
-or the recipe) is a row. The table goes to ``<dir>/cv_report.md`` and ``cv_report.csv`` (with an empty LB
-column for the leaderboard score), a bar chart ``cv_report.png`` (every fold, mean, std, pooled OOF) and, for
-experiments logged to W&B, a summary run of job type ``cv`` in the experiment's W&B group. A Hydra callback
-prints it when a multirun ends, for the experiments the multirun trained; for any folder of finished runs:
+or the recipe) is a row. The table goes to ``<dir>/cv_report.md`` and ``cv_report.csv`` (the LB column: the
+newest score ``carvana lb`` recorded), a bar chart ``cv_report.png`` (every fold, mean, std, pooled OOF) and,
+for experiments logged to W&B, a summary run of job type ``cv`` in the experiment's W&B group. A Hydra
+callback prints it when a multirun ends, for the experiments the multirun trained; for any folder of finished
+runs:
 
     carvana report outputs                # or outputs/linknet34; --no-wandb
 """
@@ -29,6 +30,7 @@ from typing_extensions import override
 from carvana import runs
 from carvana.config import load_run_config
 from carvana.errors import CarvanaError, check_folder, print_error, run_command
+from carvana.evaluate import leaderboard
 from carvana.files import atomic_write_bytes, atomic_write_text
 from carvana.predict.oof import pooled_dice
 
@@ -53,6 +55,7 @@ class Experiment:
     folds: dict[int, Fold]
     n_folds: int | None
     oof: float | None
+    lb: float | None = None
 
     @property
     def mean(self) -> float:
@@ -103,7 +106,8 @@ def experiments(root: Path, names: Collection[str] | None = None) -> list[Experi
         ordered = dict(sorted(by_fold.items()))
         scored = [fold.run for fold in ordered.values() if fold.oof is not None]
         first = next(iter(ordered.values())).run
-        found.append(Experiment(name, ordered, _n_folds(first), pooled_dice(scored) if scored else None))
+        oof = pooled_dice(scored) if scored else None
+        found.append(Experiment(name, ordered, _n_folds(first), oof, leaderboard.latest(first.parent)))
     return sorted(found, key=lambda e: (-e.mean, e.name))
 
 
@@ -130,13 +134,13 @@ def markdown(table: list[Experiment]) -> str:
         if e.oof is not None and len(e.oof_folds) < len(e.folds):
             oof += f" ({len(e.oof_folds)} of {len(e.folds)} folds)"
         cells = [e.name, *(_number(e.folds[k].dice) if k in e.folds else "" for k in columns)]
-        cells += [_number(e.mean), _number(e.std), _folds_done(e), oof, ""]
+        cells += [_number(e.mean), _number(e.std), _folds_done(e), oof, _number(e.lb)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def csv_text(table: list[Experiment]) -> str:
-    """The table as CSV at full precision, with the OOF folds spelled out and an empty ``lb`` column."""
+    """The table as CSV at full precision, with the OOF folds spelled out and the newest leaderboard score."""
     columns = _fold_columns(table)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -147,7 +151,8 @@ def csv_text(table: list[Experiment]) -> str:
         std = "" if e.std is None else e.std
         oof = "" if e.oof is None else e.oof
         oof_folds = " ".join(map(str, e.oof_folds))
-        writer.writerow([e.name, *dices, e.mean, std, len(e.folds), e.n_folds or "", oof, oof_folds, ""])
+        lb = "" if e.lb is None else e.lb
+        writer.writerow([e.name, *dices, e.mean, std, len(e.folds), e.n_folds or "", oof, oof_folds, lb])
     return out.getvalue()
 
 
