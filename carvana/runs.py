@@ -56,6 +56,7 @@ MANIFEST = "manifest.json"
 MAP_SUFFIX = ".png"
 SUBMISSION = "submission.csv"
 CV_REPORT = "cv_report"  # .md, .csv and .png beside the experiments
+LEADERBOARD = "lb.json"  # an experiment's Kaggle scores, recorded by carvana lb
 FOLD_DIR = re.compile(r"fold(\d+)")
 
 # The manifest entries that decide a prediction folder's maps: one made otherwise is never continued.
