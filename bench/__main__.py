@@ -17,6 +17,7 @@ import torch
 
 from bench import data_check, ensemble, gpu, loading, prediction, report, rle, training
 from bench.harness import Case, Settings
+from carvana.workers import available_cpus
 
 CASES: dict[str, Callable[[Settings], Case]] = {
     "training": training.run,
@@ -62,11 +63,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def idle_cpus() -> int:
-    """CPUs not busy with other jobs. On an oversubscribed machine every extra OpenMP thread makes each
-    parallel region wait for a descheduled peer: with a load of 7 on 2 CPUs a training step took 4x
-    longer with 2 threads than with 1."""
-    cpus = os.cpu_count() or 1
-    return max(1, min(cpus, cpus - round(os.getloadavg()[0])))
+    """CPUs of this process's allocation, at most the machine's not busy with other jobs. On an oversubscribed
+    machine every extra OpenMP thread makes each parallel region wait for a descheduled peer: with a load of 7
+    on 2 CPUs a training step took 4x longer with 2 threads than with 1."""
+    machine = os.cpu_count() or 1
+    return max(1, min(available_cpus(), machine - round(os.getloadavg()[0])))
 
 
 def quiet() -> None:

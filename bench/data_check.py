@@ -34,6 +34,7 @@ from carvana.data.kaggle import (
     test_samples,
     train_samples,
 )
+from carvana.workers import available_cpus
 
 COMPETITION_PAIRS, COMPETITION_TESTS = 5088, 100_064
 COMPETITION_FILES = 2 * COMPETITION_PAIRS + COMPETITION_TESTS
@@ -133,7 +134,7 @@ def run(settings: Settings) -> Case:
         root = link_subset(full, settings.scratch / "subset", SMOKE_PAIRS, SMOKE_TESTS)
     pairs, tests = train_samples(root), [sample.image for sample in test_samples(root)]
     files = 2 * len(pairs) + len(tests)
-    cpus = os.cpu_count() or 1
+    cpus = available_cpus()  # what check(workers=0) starts
     case = Case("data_check", "carvana data check of the real 1918x1280 files against a serial decode loop")
     case.setup = {
         "folder": f"{len(pairs)} train pairs + {len(tests)} test images ({files} files)"

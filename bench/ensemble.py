@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from bench.harness import Case, Settings, compare, interleave, rate
 from bench.rle import kaggle_encode
 from carvana.data.kaggle import read_mask
 from carvana.submit import ensemble, submission
+from carvana.workers import available_cpus
 
 K = 10
 TEST_IMAGES = 100_064
@@ -98,7 +98,7 @@ def run(settings: Settings) -> Case:
     ids = list(masks)
     sample = settings.scratch / "sample_submission.csv"
     sample.write_text("img,rle_mask\n" + "".join(f"{i}.jpg,1 1\n" for i in ids))
-    workers = os.cpu_count() or 1
+    workers = available_cpus()
     outputs: dict[str, Path] = {}  # each run writes a new submission; the last one of each is checked
     fresh = itertools.count()
 

@@ -29,6 +29,8 @@ COMMANDS = {
     "report": ("carvana.evaluate.cv_report", "the cross-validation table of a folder of runs"),
     "lb": ("carvana.evaluate.leaderboard", "record a submission's Kaggle score beside its experiment's CV"),
     "refine": ("carvana.evaluate.second_level", "the second level's OOF Dice against its sources' mean"),
+    "status": ("carvana.evaluate.status", "every fold, prediction folder and submission: done, running..."),
+    "gallery": ("carvana.evaluate.gallery", "the K lowest-Dice images of a prediction folder, drawn"),
 }
 
 

@@ -12,11 +12,14 @@ layout or the map format is spelled here and nowhere else in the package::
         fold_score.json                    best val/dice and its epoch
         oof/                               a prediction folder: the fold's validation cars
         oof_score.json                     their mean per-image Dice, and each image's
+        heartbeat.json                     the training process's pulse: who, when, how far, its state
+        oof_worst/, oof_worst.png          carvana gallery: the K lowest-Dice OOF images, their sheet
         wandb_id, wandb/                   the fold's W&B run
 
     <prediction folder>/                   predict.py, the OOF pass, ensembles
       <image_id>.png                       8-bit probability (v/255) at the original resolution
       manifest.json                        what made the maps; written last, so it means "complete"
+      heartbeat.json                       predict.py's pulse: the image count and checkpoints too
       submission.csv                       predict.py's submission
 
 Each file is written whole or not at all (``carvana.files``).
@@ -30,6 +33,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -57,6 +61,10 @@ MAP_SUFFIX = ".png"
 SUBMISSION = "submission.csv"
 CV_REPORT = "cv_report"  # .md, .csv and .png beside the experiments
 LEADERBOARD = "lb.json"  # an experiment's Kaggle scores, recorded by carvana lb
+HEARTBEAT = "heartbeat.json"  # a training or prediction process's pulse (carvana.train.callbacks.Heartbeat)
+OOF_WORST = "oof_worst"  # carvana gallery of <run>/oof: overlays in <run>/oof_worst/, <run>/oof_worst.png
+WORST_SUFFIX = "_worst"  # carvana gallery of any other prediction folder: <folder>_worst/, <folder>_worst.png
+WORST_LIST = "worst.csv"  # the gallery's images, worst first, in its folder
 FOLD_DIR = re.compile(r"fold(\d+)")
 
 # The manifest entries that decide a prediction folder's maps: one made otherwise is never continued.
@@ -114,11 +122,12 @@ def experiment_of(run_dir: str | Path) -> str:
     return Path(run_dir).resolve().parent.name
 
 
-def run_folders(root: str | Path) -> list[Path]:
-    """Every ``fold<k>`` folder under ``root`` (``root`` itself included) that holds a ``fold_score.json``."""
+def run_folders(root: str | Path, started: bool = False) -> list[Path]:
+    """Every ``fold<k>`` folder under ``root`` (``root`` itself included) that holds a ``fold_score.json``;
+    with ``started``, every ``fold<k>`` folder (a fold still in its first epoch, or killed in it, too)."""
     found = []
     for folder, subdirs, files in os.walk(root):
-        if FOLD_DIR.fullmatch(Path(folder).name) and FOLD_SCORE in files:
+        if FOLD_DIR.fullmatch(Path(folder).name) and (started or FOLD_SCORE in files):
             found.append(Path(folder))
             subdirs.clear()  # checkpoints, oof maps, W&B files
         else:
@@ -181,7 +190,58 @@ def wandb_id(folder: str | Path) -> str:
     return run_id
 
 
+# Heartbeats.
+
+
+def read_heartbeat(folder: str | Path) -> Record | None:
+    """A run or prediction folder's heartbeat, or None when it has none (made before heartbeats existed,
+    by a stage that writes none, or whose process died before its first beat)."""
+    path = Path(folder) / HEARTBEAT
+    return read_json(path) if path.is_file() else None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    """Who writes a heartbeat: pid, host and PID namespace (containers sharing a host name, such as those
+    of one Kubernetes pod, may number their processes apart)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_namespace": _pid_namespace()}
+
+
+def process_gone(record: Mapping[str, Any]) -> bool:
+    """Whether the process that wrote a heartbeat is known to have ended: it ran where this one runs (same
+    host and PID namespace) and its pid is gone. Elsewhere only the heartbeat's age can tell."""
+    here = this_process()
+    if (record.get("host"), record.get("pid_namespace")) != (here["host"], here["pid_namespace"]):
+        return False
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: it exists
+        return False
+    return False
+
+
 # Prediction folders.
+
+
+def gallery_dir(folder: str | Path) -> Path:
+    """Where ``carvana gallery`` draws a prediction folder's worst images: ``<run>/oof_worst/`` for a run's
+    ``oof/``, else ``<folder>_worst/`` (``.`` is named by its absolute path)."""
+    folder = Path(os.path.abspath(folder))
+    return folder.parent / (OOF_WORST if folder.name == OOF else f"{folder.name}{WORST_SUFFIX}")
+
+
+def contact_sheet(gallery: str | Path) -> Path:
+    """The contact sheet beside a gallery folder: ``<gallery>.png`` (``<run>/oof_worst.png``)."""
+    gallery = Path(gallery)
+    return gallery.parent / f"{gallery.name}.png"
 
 
 def map_path(folder: str | Path, image_id: str) -> Path:
@@ -251,6 +311,30 @@ def map_size(path: str | Path) -> tuple[int, int]:
         raise _bad_png(path, _TRUNCATED)
     width, height = struct.unpack_from(">II", head, 16)
     return height, width
+
+
+def _is_grey(path: Path) -> bool:
+    """Whether a file is an 8-bit greyscale PNG, as maps are: its IHDR's bit depth and colour type."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_PNG_HEAD + 2)
+    except OSError:
+        return False
+    return head.startswith(_PNG_SIGNATURE) and head[_PNG_HEAD:] == b"\x08\x00"
+
+
+def prediction_folders(root: str | Path) -> list[Path]:
+    """Every prediction folder under ``root`` (``root`` itself included): one with a manifest or a heartbeat,
+    or whose maps are 8-bit greyscale PNGs (colour PNGs, such as a gallery's overlays, are not maps)."""
+    found = []
+    for folder, subdirs, files in os.walk(root):
+        maps = [name for name in files if _is_map(name)]
+        if MANIFEST in files or HEARTBEAT in files or (maps and _is_grey(Path(folder) / maps[0])):
+            found.append(Path(folder))
+            subdirs.clear()
+        else:
+            subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+    return sorted(found)
 
 
 def _check_chunks(path: str | Path, png: memoryview) -> None:

@@ -1,4 +1,5 @@
-"""Per-image work spread over processes: the ensemble, pseudo-label and post-processing stages share it."""
+"""Per-image work spread over processes: the ensemble, pseudo-label and post-processing stages share it, and
+every pool sizes itself to ``available_cpus``, the CPUs this process may use rather than the machine's."""
 
 from __future__ import annotations
 
@@ -7,15 +8,32 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
+from carvana.errors import CarvanaError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
+SLURM_CPUS = "SLURM_CPUS_PER_TASK"
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use, not the machine's: its affinity mask (what taskset, a cpuset or SLURM's
+    binding leave it), and at most ``SLURM_CPUS_PER_TASK`` where SLURM allocates without binding. A pool of
+    ``os.cpu_count()`` processes on 4 of 64 CPUs would time-slice 64 processes on those 4."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    slurm = os.environ.get(SLURM_CPUS, "")
+    if slurm:
+        if not slurm.isdigit() or int(slurm) < 1:
+            raise CarvanaError(f"{SLURM_CPUS}={slurm!r}: not a CPU count")
+        cpus = min(cpus, int(slurm))
+    return cpus
+
 
 def imap_unordered(func: Callable[[T], R], items: Sequence[T], workers: int = 0) -> Iterator[R]:
-    """``func`` over ``items`` in ``workers`` processes (0 = one per CPU, never more than items), in the order
-    they finish; with one worker plain ``map`` in this process, which keeps tracebacks and profiles simple.
-    ``func`` must pickle (a module-level function or a ``functools.partial`` of one)."""
-    workers = min(workers or os.cpu_count() or 1, max(1, len(items)))
+    """``func`` over ``items`` in ``workers`` processes (0 = one per available CPU, never more than items), in
+    the order they finish; with one worker plain ``map`` in this process, which keeps tracebacks and profiles
+    simple. ``func`` must pickle (a module-level function or a ``functools.partial`` of one)."""
+    workers = min(workers or available_cpus(), max(1, len(items)))
     if workers == 1:
         yield from map(func, items)
         return

@@ -1,10 +1,10 @@
 """The package reads as the pipeline: imports only point back along it, and the on-disk contract has one home.
 
 Stages, in the order data flows: data <- models <- train <- predict <- submit <- evaluate. A module may
-import the shared top-level modules (errors, files, metrics, config, runs, targets, workers) and its own or
-earlier stages, never a later stage, and never another subpackage's private (``_name``) attribute or
-module. The shared modules import only each other. ``carvana.cli`` reaches every stage by name, through
-importlib.
+import the shared top-level modules (errors, files, metrics, config, runs, targets, workers, progress) and
+its own or earlier stages, never a later stage, and never another subpackage's private (``_name``)
+attribute or module. The shared modules import only each other. ``carvana.cli`` reaches every stage by name,
+through importlib.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from carvana import runs
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "carvana"
 STAGES = ("data", "models", "train", "predict", "submit", "evaluate")
-SHARED = ("errors", "files", "metrics", "config", "runs", "targets", "workers")
+SHARED = ("errors", "files", "metrics", "config", "runs", "targets", "workers", "progress")
 ENTRY = ("cli", "__main__", "__init__")
 
 
@@ -132,7 +132,8 @@ def code_strings(source: str) -> list[str]:
 
 def test_no_module_outside_runs_spells_a_contract_file_name():
     names = [runs.BEST, runs.LAST, runs.FOLDS, runs.FOLD_SCORE, runs.OOF_SCORE, runs.MANIFEST, runs.WANDB_ID]
-    names += [runs.CV_REPORT, runs.SUBMISSION, str(runs.RUN_CONFIG.parent)]
+    names += [runs.CV_REPORT, runs.SUBMISSION, runs.HEARTBEAT, runs.LEADERBOARD, runs.OOF_WORST]
+    names += [runs.WORST_LIST, str(runs.RUN_CONFIG.parent)]
     alternatives = "|".join(map(re.escape, names))
     pattern = re.compile(rf"(^|[^\w.])({alternatives})($|[^\w])")
     for module, source in package_sources().items():
@@ -161,6 +162,7 @@ def test_the_configs_write_where_runs_reads(train_config):
     assert Path(checkpoint.dirpath) / f"{checkpoint.filename}.ckpt" == runs.checkpoint(run_dir)
     assert Path(checkpoint.dirpath) / runs.LAST == runs.checkpoint(run_dir, runs.LAST)
     assert Path(cfg.callbacks.fold_score.path) == run_dir / runs.FOLD_SCORE
+    assert Path(cfg.callbacks.heartbeat.path) == run_dir / runs.HEARTBEAT
     assert Path(cfg.data.folds_file) == run_dir / runs.FOLDS
     assert run_dir == runs.fold_dir(Path(cfg.paths.output_root) / cfg.name, cfg.fold)
 

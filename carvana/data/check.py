@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
-import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -32,19 +29,18 @@ from carvana.data.kaggle import (
     MASK_SUFFIX,
     MASKS_DIR,
     METADATA,
+    METADATA_ID,
     SAMPLE_SUBMISSION,
     TEST_DIR,
     image_path,
     mask_path,
 )
 from carvana.errors import CarvanaError, check_workers, print_error
+from carvana.progress import track
 from carvana.workers import imap_unordered
-
-T = TypeVar("T")
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}  # compared lower-cased: X.JPG or X.jpeg beside X.jpg is a second X
 SAMPLE_HEADER = ["img", "rle_mask"]
-METADATA_ID = "id"
 SCALED_VALUES = {0, 255}  # besides {0, 1}, what read_mask binarises right
 SHOWN = 3  # problems a training run's error quotes; the check itself prints them all
 
@@ -213,22 +209,6 @@ def _decode(job: tuple[Path | None, Path | None]) -> _Decoded:
     return _Decoded(size, tuple(problems), scaled)
 
 
-def _progress(results: Iterable[T], total: int, what: str) -> Iterator[T]:
-    """``results`` passed through, with a bar on a terminal or else (a log, CI) a line at every quarter; on
-    stderr, so that stdout holds only the findings."""
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import track
-
-        yield from track(results, what, total=total, console=Console(stderr=True), transient=True)
-        return
-    step = max(1, math.ceil(total / 4))
-    for done, result in enumerate(results, 1):
-        if done % step == 0 or done == total:
-            print(f"{what} {done}/{total}", file=sys.stderr, flush=True)
-        yield result
-
-
 def _csv_rows(path: Path, report: Report) -> list[tuple[int, list[str]]] | None:
     """(line, fields) of every non-empty row; None, with the problem reported, where it does not parse."""
     try:
@@ -335,7 +315,7 @@ def check(root: str | Path, images_dir: str = "train", workers: int = 0) -> Repo
     start = time.perf_counter()
     sizes: Counter[tuple[int, int]] = Counter()
     scaled = 0
-    for decoded in _progress(imap_unordered(_decode, jobs, workers), len(jobs), "decoding"):
+    for decoded in track(imap_unordered(_decode, jobs, workers), len(jobs), f"decoding {root}"):
         report.problems += decoded.problems
         if decoded.size:
             sizes[decoded.size] += 1

@@ -4,6 +4,7 @@ The competition's own names and formats are spelled here; every other stage gets
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ MASK_SUFFIX = "_mask.gif"
 IMAGE_SUFFIX = ".jpg"
 SAMPLE_SUBMISSION = "sample_submission.csv"
 METADATA = "metadata.csv"
+METADATA_ID = "id"  # its car id column; the others: year, make, model, trim1, trim2
+TRAIN_DIR = "train"
 TEST_DIR = "test"
 ANGLES = 16  # photos of each car, angles 01..16 of the turntable
 
@@ -46,7 +49,7 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
-def train_samples(root: str | Path, images_dir: str = "train") -> list[Sample]:
+def train_samples(root: str | Path, images_dir: str = TRAIN_DIR) -> list[Sample]:
     """Every training image with its mask; an image without a mask is an error naming both files."""
     root = Path(root)
     samples = []
@@ -82,6 +85,18 @@ def read_mask(path: Path) -> np.ndarray:
     if mask.ndim == 3:
         mask = mask[..., 0]
     return mask if mask.max(initial=0) <= 1 else (mask > 127).astype(np.uint8)
+
+
+def read_metadata(path: str | Path) -> dict[str, dict[str, str]]:
+    """``metadata.csv``: car id -> its row (year, make, model, ...), so a tool can say which car fails."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, strict=True)
+            if METADATA_ID not in (reader.fieldnames or ()):
+                raise CarvanaError(f"{path}: no {METADATA_ID} column in its header")
+            return {row[METADATA_ID]: row for row in reader}
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise CarvanaError(f"{path}: unreadable car metadata ({error})") from None
 
 
 def mask_path(masks_dir: str | Path, image_id: str) -> Path:

@@ -19,6 +19,7 @@ from carvana.data.kaggle import test_samples
 from carvana.predict.checkpoints import data_root, describe, members
 from carvana.predict.map_writer import PngWriter
 from carvana.predict.prediction_module import PredictionModule, predict_missing, prediction_trainer
+from carvana.train.callbacks import Heartbeat
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -41,7 +42,11 @@ def predict(cfg: DictConfig) -> Path:
 
     module = PredictionModule.from_members(group, hflip=cfg.tta.hflip)
     writer = PngWriter(out_dir, threads=cfg.writer_threads)
-    trainer = prediction_trainer(cfg.trainer, writer, out_dir)
+    # carvana status: the folder's progress, and what it will hold, before its manifest exists
+    info = {"images": len(samples), "checkpoints": manifest["checkpoints"]}
+    trainer = prediction_trainer(
+        cfg.trainer, writer, out_dir, [Heartbeat(out_dir / runs.HEARTBEAT, info=info)]
+    )
     since = max(member.checkpoint.stat().st_mtime for member in group)
     sources = [Path(source) for source in cfg.data.get("sources") or []]
     maps = (lambda todo: test_maps(sources, todo)) if sources else None

@@ -33,6 +33,7 @@ from carvana.metrics import dice
 from carvana.predict.checkpoints import data_root, describe, members
 from carvana.predict.map_writer import PngWriter
 from carvana.predict.prediction_module import PredictionModule, predict_missing, prediction_trainer
+from carvana.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def score_fold(run_dir: str | Path, threshold: float = 0.5, write: bool = True) 
     samples = validation_samples(run_dir)
     cutoff = math.floor(threshold * 255)
     with ThreadPoolExecutor(4) as pool:  # PNG and GIF decoding release the GIL
-        dices = list(pool.map(lambda sample: _score(sample, run_dir / runs.OOF, cutoff), samples))
+        scored = pool.map(lambda sample: _score(sample, run_dir / runs.OOF, cutoff), samples)
+        dices = list(track(scored, len(samples), f"scoring {run_dir / runs.OOF}"))
     score = float(np.mean(dices))
     if write:
         record = {

@@ -8,6 +8,7 @@ same settings as training, so DDP, precision and devices are chosen in one place
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from carvana.errors import normalised_weights
 from carvana.models import NetworkInput
 from carvana.predict.checkpoints import Member, common_geometry, load_network
 from carvana.predict.map_writer import PngWriter
+from carvana.progress import Lines, is_terminal
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,45 @@ class PredictionModule(pl.LightningModule):
         return {"id": list(batch["id"]), "prob": maps}
 
 
+class PredictionLines(pl.Callback):
+    """Where stdout is not a terminal (a SLURM log), the predict loop's progress as ``carvana.progress.Lines``
+    on stdout from global rank 0, counting its batches, and the progress bar off: there it would print only
+    its last frame, at the end.
+
+    Args:
+        description: the start of every line.
+    """
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.active = False
+        self._lines: Lines | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.active = not is_terminal(sys.stdout)
+        if self.active and trainer.progress_bar_callback is not None:
+            trainer.progress_bar_callback.disable()
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.active and trainer.is_global_zero:
+            self._lines = Lines(sum(trainer.num_predict_batches), self.description, sys.stdout)
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._lines is not None:
+            self._lines.advance()
+
+
 def predict_missing(
     trainer: pl.Trainer,
     module: PredictionModule,
@@ -151,13 +192,18 @@ def predict_missing(
 
 
 def prediction_trainer(
-    trainer: DictConfig, writer: PngWriter, root_dir: str | Path, **overrides: Any
+    trainer: DictConfig,
+    writer: PngWriter,
+    root_dir: str | Path,
+    callbacks: Sequence[pl.Callback] = (),
+    **overrides: Any,
 ) -> pl.Trainer:
     """A trainer of the ``trainer`` group that only predicts: ``writer`` writes the maps, nothing else is
-    logged or checkpointed; ``overrides`` replace any of its settings (``accelerator``, ``devices``...)."""
+    logged or checkpointed but by ``callbacks`` (predict.py's heartbeat), progress is a bar in a terminal
+    and ``PredictionLines`` in a log; ``overrides`` replace any of its settings (``accelerator``...)."""
     return build_trainer(
         trainer,
-        callbacks=[writer],
+        callbacks=[writer, PredictionLines(f"predicting {writer.out_dir}, batches"), *callbacks],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,

@@ -19,6 +19,7 @@ import numpy as np
 
 from carvana import runs
 from carvana.errors import CarvanaError, check_shape, check_workers, normalised_weights, run_command
+from carvana.progress import track
 from carvana.workers import imap_unordered
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def average(
 
     settings: Settings = (tuple(map(str, folders)), str(out), norm, vote)
     combine = functools.partial(_combine, settings=settings)
-    for _ in imap_unordered(combine, todo, workers):
+    for _ in track(imap_unordered(combine, todo, workers), len(todo), f"ensemble {out}"):
         pass
     manifest["input_manifests"] = input_manifests
     runs.write_json(out / runs.MANIFEST, manifest)

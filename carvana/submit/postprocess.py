@@ -24,6 +24,7 @@ from carvana import runs
 from carvana.data.kaggle import MASK_SUFFIX, mask_path, read_mask
 from carvana.errors import CarvanaError, check_folder, check_fraction, check_shape, check_workers, run_command
 from carvana.metrics import dice
+from carvana.progress import track
 from carvana.workers import imap_unordered
 
 
@@ -136,7 +137,7 @@ def evaluate(
         raise CarvanaError(f"no <id>{runs.MAP_SUFFIX} in {oof_dir} has a <id>{MASK_SUFFIX} in {masks_dir}")
     score = functools.partial(_score, cutoff=math.floor(threshold * 255), steps=steps)
     totals = np.zeros(len(steps))
-    for dices in imap_unordered(score, pairs, workers):
+    for dices in track(imap_unordered(score, pairs, workers), len(pairs), f"post-processing {oof_dir}"):
         totals += dices
     return dict(zip(steps, (totals / len(pairs)).tolist(), strict=True))
 

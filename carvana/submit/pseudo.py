@@ -24,6 +24,7 @@ from carvana import runs
 from carvana.data.kaggle import IMAGE_SUFFIX, MASKS_DIR, image_path, mask_path
 from carvana.errors import CarvanaError, check_folder, check_fraction, check_shape, check_workers, run_command
 from carvana.files import atomic_write_bytes, atomic_write_text, link_or_copy
+from carvana.progress import track
 from carvana.workers import imap_unordered
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def select_and_write(
         max_uncertain=max_uncertain,
         cutoff=math.floor(threshold * 255),
     )
-    results = list(imap_unordered(select, ids, workers))
+    results = list(track(imap_unordered(select, ids, workers), len(ids), f"pseudo-labels {out_root}"))
     kept = sorted((image_id, share) for image_id, share, keep in results if keep)
     atomic_write_text(out_root / CSV, "id,uncertain\n" + "".join(f"{i},{s:.6g}\n" for i, s in kept))
     if kept:

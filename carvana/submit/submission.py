@@ -37,7 +37,9 @@ from carvana.errors import (
     run_command,
 )
 from carvana.files import atomic_path, temp_files
+from carvana.progress import track
 from carvana.submit import ensemble, rle
+from carvana.workers import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ def write(
         raise CarvanaError(f"no prediction in {where} matches an image of {sample_submission.name}")
     paths = [tuple(str(runs.map_path(folder, _image_id(img))) for folder in folders) for img in rows]
     _check_sizes(paths, shape)
-    workers = min(workers or os.cpu_count() or 1, len(rows))
+    workers = min(workers or available_cpus(), len(rows))
     settings: Settings = (math.floor(threshold * 255), postprocess, norm, vote)
     for stale in temp_files(out.parent, glob.escape(out.name)):
         stale.unlink(missing_ok=True)
@@ -202,7 +204,7 @@ def write(
                 chunksize = max(1, min(32, len(paths) // (workers * 4)))
                 encoded = pool.imap(_encode_map_in_worker, paths, chunksize=chunksize)
             text.write(HEADER + "\n")
-            for img, row_rle in zip(rows, encoded, strict=True):
+            for img, row_rle in zip(rows, track(encoded, len(rows), f"submission {out}"), strict=True):
                 text.write(f"{img},{row_rle}\n")
     except OSError as err:
         raise CarvanaError(f"cannot write {out}: {err.strerror or err}") from None

@@ -1,9 +1,19 @@
 """Lightning callbacks of the training stage."""
 
+from carvana.train.callbacks.epoch_lines import EpochLines
 from carvana.train.callbacks.finite_loss import FiniteLoss
 from carvana.train.callbacks.fold_score import FoldScore
 from carvana.train.callbacks.hard_examples import HardExampleReplay
+from carvana.train.callbacks.heartbeat import Heartbeat
 from carvana.train.callbacks.signals import SignalCheckpoint
 from carvana.train.callbacks.wandb_validation import WandbValidation
 
-__all__ = ["FiniteLoss", "FoldScore", "HardExampleReplay", "SignalCheckpoint", "WandbValidation"]
+__all__ = [
+    "EpochLines",
+    "FiniteLoss",
+    "FoldScore",
+    "HardExampleReplay",
+    "Heartbeat",
+    "SignalCheckpoint",
+    "WandbValidation",
+]
