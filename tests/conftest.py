@@ -27,6 +27,15 @@ def shared_small512() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """5 synthetic cars x 16 views at 96x64 (a multiple of 32: no padding), so 4 cars train."""
+    from carvana.data import synthetic
+
+    root = tmp_path_factory.mktemp("data") / "cars"
+    return synthetic.generate(root, cars=5, test_cars=0, width=96, height=64)
+
+
 @pytest.fixture(autouse=True)
 def _wandb_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")

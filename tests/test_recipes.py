@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 
 import carvana.config  # noqa: F401  (registers the `eq` resolver of the logger config)
 from carvana.config import build_model, instantiate
-from carvana.data import synthetic
 from carvana.data.kaggle import read_image, read_mask
 from carvana.train.losses import boundary_weights
 from carvana.train.schedules import StepCyclic
@@ -33,13 +32,6 @@ def configs(group: str) -> list[str]:
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """5 synthetic cars x 16 views at 96x64 (a multiple of 32: no padding), so 4 cars train."""
-    root = tmp_path_factory.mktemp("data") / "cars"
-    return synthetic.generate(root, cars=5, test_cars=0, width=96, height=64)
 
 
 def train_config(tmp_path: Path, data_root: Path, *overrides: str) -> DictConfig:
