@@ -109,3 +109,19 @@ def test_gpu_measurement_runs_on_the_cpu():
     loader = DataLoader(InMemory((32, 64), 2, 4), batch_size=2)
     speed, peak = gpu.measure(net, loader, "cpu", "bf16-mixed", True, warmup=1)
     assert speed > 0 and peak is None
+
+
+def test_quality_smoke_trains_both_on_the_same_real_cars(tmp_path, shared_small512):
+    """``bench.quality`` for 6 s each on 10 real cars: both scored on the same fold-0 cars by one scorer."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.quality", "--minutes", "0.1", "--cars", "10", "--root",
+         str(shared_small512), "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "quality.json").read_text())
+    assert data["train_images"] + data["val_images"] == 10 * 16 and data["val_images"] > 0
+    assert 0 <= data["plain"]["dice"] <= 1 and 0 <= data["recipe"]["dice"] <= 1
+    assert data["difference"] == pytest.approx(data["recipe"]["dice"] - data["plain"]["dice"])
+    assert data["plain"]["steps"] > 0 and data["recipe"]["steps"] > 0
+    assert "plain loop" in (tmp_path / "quality.md").read_text()
