@@ -1,4 +1,5 @@
-"""Wall-time budgets: the LR schedule over ``trainer.max_time`` and the cpu_small512 recipe's stop."""
+"""Wall-time budgets: the LR schedule over ``trainer.max_time``, the cpu_small512 recipe's stop, and the
+weight average that the budget's share starts."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from carvana.config import instantiate
-from carvana.train.callbacks import WarmupCosineLR
+from carvana.train.callbacks import EMA, WarmupCosineLR
 from tests.test_recipes import CONF, LR, Record, fit, train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,3 +63,25 @@ def test_recipe_trains_for_its_budget_then_validates_once(tmp_path, data_root):
     assert len(record.lrs) > 3 and record.lrs[-1] < 0.05 * LR  # decayed over the budget, not over epochs
     convs = [m.weight for m in runner.lightning_module.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+class RawWeights(pl.Callback):
+    """A copy of one weight tensor after every optimizer step."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append(next(pl_module.net.parameters()).detach().clone())
+
+
+def test_ema_leaves_the_average_of_the_steps_after_its_start(tmp_path, data_root):
+    decay, raw = 0.8, RawWeights()
+    cfg = train_config(tmp_path, data_root, "trainer.max_epochs=1")
+    runner = fit(cfg, raw, EMA(decay=decay, start=0.5), limit_train_batches=8, limit_val_batches=0)
+    average = raw.steps[3].clone()  # the first update, after 4 of the 8 steps, copies the weights
+    for weights in raw.steps[4:]:
+        average = decay * average + (1 - decay) * weights
+    trained = next(runner.lightning_module.net.parameters()).detach()
+    assert torch.allclose(trained, average, atol=1e-6)
+    assert not torch.allclose(trained, raw.steps[-1])

@@ -1,6 +1,7 @@
 """Lightning callbacks of the training stage."""
 
 from carvana.train.callbacks.budget import WarmupCosineLR
+from carvana.train.callbacks.ema import EMA
 from carvana.train.callbacks.epoch_lines import EpochLines
 from carvana.train.callbacks.finite_loss import FiniteLoss
 from carvana.train.callbacks.fold_score import FoldScore
@@ -11,6 +12,7 @@ from carvana.train.callbacks.signals import SignalCheckpoint
 from carvana.train.callbacks.wandb_validation import WandbValidation
 
 __all__ = [
+    "EMA",
     "ChannelsLast",
     "EpochLines",
     "FiniteLoss",
