@@ -11,8 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from carvana.config import instantiate
-from carvana.train.callbacks import EMA, WarmupCosineLR
-from tests.test_recipes import CONF, LR, Record, fit, train_config
+from carvana.train.callbacks import EMA, ProgressiveResize, WarmupCosineLR
+from tests.test_recipes import CONF, LR, Record, build_module, fit, train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,3 +85,22 @@ def test_ema_leaves_the_average_of_the_steps_after_its_start(tmp_path, data_root
     trained = next(runner.lightning_module.net.parameters()).detach()
     assert torch.allclose(trained, average, atol=1e-6)
     assert not torch.allclose(trained, raw.steps[-1])
+
+
+def test_progressive_resize_trains_small_first_then_at_full_size(tmp_path, data_root):
+    cfg = train_config(tmp_path, data_root, "trainer.max_epochs=1")
+    module, seen = build_module(cfg), []
+    training_step = module.training_step
+
+    def recorded(batch: dict, batch_idx: int) -> torch.Tensor:
+        seen.append(
+            (tuple(batch["image"].shape), tuple(batch["mask"].shape), batch["mask"].unique().tolist())
+        )
+        return training_step(batch, batch_idx)
+
+    module.training_step = recorded
+    resize = ProgressiveResize(sizes=[[32, 32], [32, 64]], until=[0.25, 0.5])
+    fit(cfg, resize, module=module, limit_train_batches=8, limit_val_batches=0)
+    shapes = [(image[1:3], mask[2:]) for image, mask, _ in seen]
+    assert shapes == [((32, 32),) * 2] * 2 + [((32, 64),) * 2] * 2 + [((64, 96),) * 2] * 4
+    assert all(set(values) <= {0, 1} for _, _, values in seen)

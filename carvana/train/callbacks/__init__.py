@@ -8,6 +8,7 @@ from carvana.train.callbacks.fold_score import FoldScore
 from carvana.train.callbacks.hard_examples import HardExampleReplay
 from carvana.train.callbacks.heartbeat import Heartbeat
 from carvana.train.callbacks.memory_format import ChannelsLast
+from carvana.train.callbacks.progressive_resize import ProgressiveResize
 from carvana.train.callbacks.signals import SignalCheckpoint
 from carvana.train.callbacks.wandb_validation import WandbValidation
 
@@ -19,6 +20,7 @@ __all__ = [
     "FoldScore",
     "HardExampleReplay",
     "Heartbeat",
+    "ProgressiveResize",
     "SignalCheckpoint",
     "WandbValidation",
     "WarmupCosineLR",
