@@ -43,14 +43,16 @@ from carvana.data import folds
 from carvana.data.kaggle import Sample, read_image, read_mask, train_samples
 from carvana.metrics import dice
 
+REPO = Path(__file__).resolve().parent.parent
 ROOT = os.environ.get("CARVANA_SMALL512", "../shared/carvana/small512")
 SIZE, BATCH, LR = 256, 8, 1e-3
 
 
 def subset(root: Path, cars: int, work: Path) -> Path:
     """A Kaggle-layout folder of links to the first ``cars`` cars of ``root`` (smoke runs)."""
-    keep = sorted({s.car for s in train_samples(root)})[:cars]
-    for sample in train_samples(root):
+    samples = train_samples(root)
+    keep = sorted({s.car for s in samples})[:cars]
+    for sample in samples:
         if sample.car in keep:
             for path in (sample.image, sample.mask):
                 link = work / path.parent.name / path.name
@@ -159,17 +161,20 @@ def recipe(
         *overrides,
     ]
     start = time.monotonic()
-    subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run(command, check=True, cwd=REPO)
     wall = time.monotonic() - start
     run_dir = runs.fold_dir(out / "cpu_small512", 0)
-    oof = run_dir / runs.OOF
-    dice_value = score(lambda s: runs.read_map(runs.map_path(oof, s.image_id)), val)
+
+    def oof_maps(sample: Sample) -> np.ndarray:
+        return runs.read_map(runs.map_path(run_dir / runs.OOF, sample.image_id))
+
+    dice_value = score(oof_maps, val)
     steps = runs.read_heartbeat(run_dir)["step"]
     result = {"dice": dice_value, "process_wall_s": wall, "steps": steps, "images": steps * BATCH}
     if not overrides:  # the same weights without TTA: what the hflip pass adds
         oof_command = [sys.executable, "-m", "carvana", "oof", str(run_dir), "--tta", "none"]
-        subprocess.run(oof_command, check=True, cwd=Path(__file__).resolve().parent.parent)
-        result["dice_no_tta"] = score(lambda s: runs.read_map(runs.map_path(oof, s.image_id)), val)
+        subprocess.run(oof_command, check=True, cwd=REPO)
+        result["dice_no_tta"] = score(oof_maps, val)
     return result
 
 
@@ -280,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=40.0, help="training wall time of each")
     parser.add_argument("--root", type=Path, default=Path(ROOT), help="a Kaggle-layout folder (small512)")
     parser.add_argument("--cars", type=int, help="use only the first N cars (smoke runs)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--out", type=Path, default=REPO / "bench")
     parser.add_argument(
         "--ablation", action="store_true", help="the recipe without each main choice (ablation.md, .json)"
     )
