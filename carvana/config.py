@@ -24,6 +24,21 @@ from carvana.errors import CarvanaError
 # ${eq:a,b}: the W&B logger's `offline` setting follows WANDB_MODE (conf/logger/wandb.yaml).
 OmegaConf.register_new_resolver("eq", lambda a, b: str(a) == str(b), replace=True)
 
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX). Without either, oneDNN emulates it
+    and a bf16-autocast training step is about 14x slower than fp32 (an AVX2 EPYC, bench/quality.md)."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+# ${cpu_precision:}: bf16 autocast where the CPU has it natively, else fp32 (trainer.precision on a CPU)
+OmegaConf.register_new_resolver(
+    "cpu_precision", lambda: "bf16-mixed" if native_cpu_bf16() else "32-true", replace=True
+)
+
 NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib", "urllib3", "socket")
 
 
