@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from submitit.core.utils import DelayedSubmission
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args, load_sweep_config
 
-import carvana.config  # noqa: F401  (registers the `eq` resolver of the logger config)
+import carvana.config  # registers the resolvers (eq, cpu_precision) the configs use
 from carvana.config import build_model, instantiate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +84,18 @@ def test_recipe_settings():
     finetune = composed("+experiment=pseudo_finetune", "fold=3")
     assert finetune.init_from == "outputs/pseudo_pretrain/fold3/checkpoints/best.ckpt"  # each fold its own
     assert finetune.optimizer.lr < albu.optimizer.lr
+
+
+def test_cpu_recipe_uses_bf16_only_where_the_cpu_has_it():
+    """bf16 autocast is emulated without AVX-512 BF16 or AMX (14x slower than fp32 on an AVX2 EPYC): the
+    recipe's precision follows the CPU's own flags, read here from /proc/cpuinfo."""
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    cfg = composed("+experiment=cpu_small512")
+    assert cfg.trainer.precision == ("bf16-mixed" if native else "32-true")
+    assert carvana.config.native_cpu_bf16() is native
+    resize = instantiate(cfg.callbacks.progressive_resize)
+    assert [resize.size(f) for f in (0.0, 0.3, 0.59, 0.6)] == [(128, 128), (192, 192), (192, 192), None]
 
 
 def test_fold_sweeps_are_multiruns_over_folds_and_models():
