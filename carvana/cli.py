@@ -22,6 +22,7 @@ COMMANDS = {
     "synthetic": ("carvana.data.synthetic", "write the embedded synthetic dataset in Kaggle's layout"),
     "data": ("carvana.data.check", "check ROOT: the problems of a Kaggle-layout folder, one line each"),
     "oof": ("carvana.predict.oof", "predict and score the out-of-fold maps of run folders"),
+    "export-png": ("carvana.predict.export", "PNG copies of a prediction folder's maps, to look at"),
     "ensemble": ("carvana.submit.ensemble", "combine prediction folders (weighted mean or vote)"),
     "postprocess": ("carvana.submit.postprocess", "measure post-processing steps on out-of-fold maps"),
     "submission": ("carvana.submit.submission", "write or check a Kaggle submission file"),

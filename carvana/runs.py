@@ -17,8 +17,9 @@ layout or the map format is spelled here and nowhere else in the package::
         wandb_id, wandb/                   the fold's W&B run
 
     <prediction folder>/                   predict.py, the OOF pass, ensembles
-      <image_id>.png                       8-bit probability (v/255) at the original resolution
-      manifest.json                        what made the maps; written last, so it means "complete"
+      <image_id>.zst                       8-bit probability (v/255) at the original resolution, zstd
+                                           (or <image_id>.png: the manifest's format says which)
+      manifest.json                        what made the maps, their format; written last: "complete"
       heartbeat.json                       predict.py's pulse: the image count and checkpoints too
       submission.csv                       predict.py's submission
 
@@ -35,6 +36,7 @@ import re
 import secrets
 import socket
 import struct
+import threading
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,6 +44,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import cv2
 import numpy as np
+import zstandard
 
 from carvana.errors import CarvanaError, check_folder
 from carvana.files import atomic_write_bytes, atomic_write_text, write_csv
@@ -57,7 +60,10 @@ OOF_SCORE = "oof_score.json"
 WANDB_ID = "wandb_id"
 WANDB_DIR = "wandb"
 MANIFEST = "manifest.json"
-MAP_SUFFIX = ".png"
+# Map formats and their suffixes: .zst (zstd-compressed raw bytes) is read and written about 20x faster
+# than PNG at a smaller size (bench/results.md); PNG is for looking at (carvana export-png), or made by hand.
+MAP_FORMATS = {"zst": ".zst", "png": ".png"}
+MAP_FORMAT = "zst"  # what stages write unless told otherwise
 SUBMISSION = "submission.csv"
 CV_REPORT = "cv_report"  # .md, .csv and .png beside the experiments
 LEADERBOARD = "lb.json"  # an experiment's Kaggle scores, recorded by carvana lb
@@ -244,27 +250,72 @@ def contact_sheet(gallery: str | Path) -> Path:
     return gallery.parent / f"{gallery.name}.png"
 
 
-def map_path(folder: str | Path, image_id: str) -> Path:
-    """Where a prediction folder keeps the map of ``image_id``."""
-    return Path(folder) / f"{image_id}{MAP_SUFFIX}"
+def map_suffix(fmt: str) -> str:
+    """The file suffix of a map format (one of ``MAP_FORMATS``); an unknown format is one error."""
+    if fmt not in MAP_FORMATS:
+        raise CarvanaError(f"unknown map format {fmt!r}: use one of {', '.join(MAP_FORMATS)}")
+    return MAP_FORMATS[fmt]
+
+
+def map_path(folder: str | Path, image_id: str, fmt: str = MAP_FORMAT) -> Path:
+    """Where a prediction folder keeps the map of ``image_id`` in format ``fmt`` (to write it; readers
+    find the file a folder holds with ``map_files``)."""
+    return Path(folder) / f"{image_id}{map_suffix(fmt)}"
+
+
+def _map_id(name: str) -> tuple[str, str] | None:
+    """(image id, format) of a map file's name, None for anything else (hidden files are temp files)."""
+    if name.startswith("."):
+        return None
+    for fmt, suffix in MAP_FORMATS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], fmt
+    return None
+
+
+def folder_format(folder: str | Path) -> str | None:
+    """The map format a prediction folder's manifest names (one written before formats were recorded
+    holds PNGs), None without a manifest."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    fmt = manifest.get("format", "png")
+    map_suffix(fmt)
+    return fmt
+
+
+def map_files(folder: str | Path) -> dict[str, Path]:
+    """id -> map file of a prediction folder, sorted by id: the files of the format its manifest names
+    (others, such as PNGs exported beside them, are not its maps), or of either format without a
+    manifest, where an id with a file of each is one error (which is the map?)."""
+    fmt = folder_format(folder)
+    found: dict[str, Path] = {}
+    for entry in os.scandir(folder):
+        parsed = _map_id(entry.name)
+        if parsed is None or fmt not in (None, parsed[1]):
+            continue
+        image_id = parsed[0]
+        if image_id in found:
+            raise CarvanaError(
+                f"{folder} holds {found[image_id].name} and {entry.name}, and no {MANIFEST} says which "
+                "format its maps are: delete one"
+            )
+        found[image_id] = Path(folder) / entry.name
+    return dict(sorted(found.items()))
 
 
 def map_ids(folder: str | Path) -> list[str]:
     """The image ids of the maps in a prediction folder, sorted."""
-    return sorted(entry.name[: -len(MAP_SUFFIX)] for entry in os.scandir(folder) if _is_map(entry.name))
+    return list(map_files(folder))
 
 
-def _is_map(name: str) -> bool:
-    return name.endswith(MAP_SUFFIX) and not name.startswith(".")
-
-
-def input_map_ids(folder: str | Path) -> list[str]:
-    """The map ids of a prediction folder a stage reads: it must exist and hold at least one map."""
+def input_maps(folder: str | Path) -> dict[str, Path]:
+    """The maps of a prediction folder a stage reads (``map_files``): it must exist and hold one."""
     check_folder(folder, "prediction folder")
-    ids = map_ids(folder)
-    if not ids:
-        raise CarvanaError(f"no <id>{MAP_SUFFIX} in {folder}")
-    return ids
+    files = map_files(folder)
+    if not files:
+        raise CarvanaError(f"no map (<id>{' or <id>'.join(MAP_FORMATS.values())}) in {folder}")
+    return files
 
 
 def finished_manifest(folder: str | Path, ids: Sequence[str]) -> dict[str, Any] | None:
@@ -286,29 +337,56 @@ _PNG_HEAD = len(_PNG_SIGNATURE) + 16  # the signature, then IHDR's length, type,
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk: length 0, type, CRC
 _TRUNCATED = "truncated PNG (it ends before its IEND chunk)"
 
+# A .zst map: a zstd skippable frame holding b"CVM1", height, width and the length of the zstd frame that
+# follows it (every number little-endian uint32), then that frame: the H*W bytes row-major, with its content
+# size and checksum. ``zstd -d`` skips the first frame, so the file decompresses to the raw bytes anywhere.
+_ZST_HEAD = struct.Struct("<II4sIII")
+_ZST_SKIPPABLE = 0x184D2A50
+_ZST_TAG = b"CVM1"
+_ZST_FRAME = b"\x28\xb5\x2f\xfd"  # the magic number of a zstd frame
+_ZST_LEVEL = 3  # zstd's default: within 10% of level 1's speed at this size, smaller (bench/results.md)
+_zstd = threading.local()  # one (de)compression context per thread: a context is not thread-safe
+
 
 def _unreadable(path: str | Path, error: OSError) -> CarvanaError:
     return CarvanaError(f"{path}: cannot read prediction ({error.strerror or error})")
 
 
-def _bad_png(path: str | Path, what: str) -> CarvanaError:
+def _bad_map(path: str | Path, what: str) -> CarvanaError:
     return CarvanaError(f"{path}: {what}; delete it and rerun the stage that wrote it")
 
 
+def _zst_size(path: str | Path, head: bytes, size: int) -> tuple[int, int]:
+    """(H, W) from a .zst map's header, once the file's length shows its whole frame is there."""
+    if len(head) < _ZST_HEAD.size + len(_ZST_FRAME):
+        raise _bad_map(path, "an empty file" if not head else "truncated map (it ends inside its header)")
+    magic, length, tag, height, width, frame = _ZST_HEAD.unpack_from(head)
+    if (magic, length, tag) != (_ZST_SKIPPABLE, _ZST_HEAD.size - 8, _ZST_TAG):
+        raise _bad_map(path, "not a .zst map (no carvana header)")
+    if head[_ZST_HEAD.size : _ZST_HEAD.size + len(_ZST_FRAME)] != _ZST_FRAME:
+        raise _bad_map(path, "not a .zst map (no zstd frame after its header)")
+    if size != _ZST_HEAD.size + frame:
+        raise _bad_map(path, f"truncated map ({size} bytes, its header says {_ZST_HEAD.size + frame})")
+    return height, width
+
+
 def map_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of a map from its PNG header, once its first and last bytes show a whole PNG: two small reads,
-    so that a stage can vet every map it will read before it writes anything."""
+    """(H, W) of a map from its header, once its length (.zst) or its first and last bytes (PNG) show a
+    whole file: small reads, so that a stage can vet every map it will read before it writes anything."""
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if str(path).endswith(MAP_FORMATS["zst"]):
+                return _zst_size(path, f.read(_ZST_HEAD.size + len(_ZST_FRAME)), size)
             head = f.read(_PNG_HEAD)
-            f.seek(max(os.fstat(f.fileno()).st_size - len(_PNG_IEND), len(head)))
+            f.seek(max(size - len(_PNG_IEND), len(head)))
             tail = f.read()
     except OSError as error:
         raise _unreadable(path, error) from None
     if not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
-        raise _bad_png(path, "not a PNG" if head else "an empty file")
+        raise _bad_map(path, "not a PNG" if head else "an empty file")
     if tail != _PNG_IEND:
-        raise _bad_png(path, _TRUNCATED)
+        raise _bad_map(path, _TRUNCATED)
     width, height = struct.unpack_from(">II", head, 16)
     return height, width
 
@@ -325,11 +403,12 @@ def _is_grey(path: Path) -> bool:
 
 def prediction_folders(root: str | Path) -> list[Path]:
     """Every prediction folder under ``root`` (``root`` itself included): one with a manifest or a heartbeat,
-    or whose maps are 8-bit greyscale PNGs (colour PNGs, such as a gallery's overlays, are not maps)."""
+    or holding .zst maps or 8-bit greyscale PNGs (colour PNGs, such as a gallery's overlays, are not maps)."""
     found = []
     for folder, subdirs, files in os.walk(root):
-        maps = [name for name in files if _is_map(name)]
-        if MANIFEST in files or HEARTBEAT in files or (maps and _is_grey(Path(folder) / maps[0])):
+        maps = [name for name in files if _map_id(name)]
+        zst = any(name.endswith(MAP_FORMATS["zst"]) for name in maps)
+        if MANIFEST in files or HEARTBEAT in files or zst or (maps and _is_grey(Path(folder) / maps[0])):
             found.append(Path(folder))
             subdirs.clear()
         else:
@@ -341,7 +420,7 @@ def _check_chunks(path: str | Path, png: memoryview) -> None:
     """Every chunk present and its CRC right, up to IEND (~0.1 ms for a full-size map): OpenCV's libpng
     prints its own lines on stderr for a truncated or damaged file, and the one error line must be all."""
     if png[: len(_PNG_SIGNATURE)] != _PNG_SIGNATURE:
-        raise _bad_png(path, "not a PNG" if png else "an empty file")
+        raise _bad_map(path, "not a PNG" if png else "an empty file")
     pos = len(_PNG_SIGNATURE)
     while pos + 12 <= len(png):
         length, kind = struct.unpack_from(">I4s", png, pos)
@@ -349,55 +428,115 @@ def _check_chunks(path: str | Path, png: memoryview) -> None:
         if end > len(png):
             break
         if zlib.crc32(png[pos + 4 : end - 4]) != struct.unpack_from(">I", png, end - 4)[0]:
-            raise _bad_png(path, f"damaged PNG (bad CRC in its {kind.decode('latin-1')} chunk)")
+            raise _bad_map(path, f"damaged PNG (bad CRC in its {kind.decode('latin-1')} chunk)")
         if kind == b"IEND":
             return
         pos = end
-    raise _bad_png(path, _TRUNCATED)
+    raise _bad_map(path, _TRUNCATED)
 
 
-def read_map(path: str | Path) -> np.ndarray:
-    """A probability map as uint8 (H, W) (v means v/255), or one error line naming the file."""
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_zstd, "decompressor"):
+        _zstd.decompressor = zstandard.ZstdDecompressor()
+    return _zstd.decompressor
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_zstd, "compressor"):
+        _zstd.compressor = zstandard.ZstdCompressor(level=_ZST_LEVEL, write_checksum=True)
+    return _zstd.compressor
+
+
+def _read_zst(path: str | Path, data: memoryview) -> np.ndarray:
+    """A .zst map decompressed straight into a new (writable) array; its checksum checked."""
+    height, width = _zst_size(path, bytes(data[: _ZST_HEAD.size + len(_ZST_FRAME)]), len(data))
+    prob = np.empty((height, width), np.uint8)
     try:
-        png = memoryview(Path(path).read_bytes())
-    except OSError as error:
-        raise _unreadable(path, error) from None
-    _check_chunks(path, png)
-    prob = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if prob is None:
-        raise _bad_png(path, "cannot be decoded as an image")
+        with _decompressor().stream_reader(data[_ZST_HEAD.size :]) as reader:
+            filled = reader.readinto(prob)
+            extra = reader.read(1)  # reaches the frame's end, where its checksum is verified
+    except zstandard.ZstdError as error:
+        raise _bad_map(path, f"damaged map ({error})") from None
+    if filled != prob.size or extra:
+        raise _bad_map(path, f"damaged map (its frame holds other than the {width}x{height} its header says)")
     return prob
 
 
-def encode_map(prob: np.ndarray) -> bytes:
-    """A uint8 (H, W) map in the folder format.
+def read_map(path: str | Path) -> np.ndarray:
+    """A probability map as uint8 (H, W) (v means v/255), from a .zst or a PNG file, or one error line
+    naming the file."""
+    try:
+        data = memoryview(Path(path).read_bytes())
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    if str(path).endswith(MAP_FORMATS["zst"]):
+        return _read_zst(path, data)
+    _check_chunks(path, data)
+    prob = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if prob is None:
+        raise _bad_map(path, "cannot be decoded as an image")
+    return prob
 
-    OpenCV's default PNG settings (level 1, Z_RLE strategy) beat IMWRITE_PNG_COMPRESSION=1, which also
+
+def encode_map(prob: np.ndarray, fmt: str = MAP_FORMAT) -> bytes:
+    """A uint8 (H, W) map as the bytes of a ``fmt`` file.
+
+    PNG: OpenCV's default settings (level 1, Z_RLE strategy) beat IMWRITE_PNG_COMPRESSION=1, which also
     switches to the default strategy: 8 ms and 160 kB against 20 ms and 200 kB (decoding costs 5 ms more).
     """
-    ok, png = cv2.imencode(MAP_SUFFIX, prob)
+    if map_suffix(fmt) == MAP_FORMATS["zst"]:
+        if prob.dtype != np.uint8 or prob.ndim != 2:
+            raise CarvanaError(f"a map is uint8 (H, W), got {prob.dtype} {prob.shape}")
+        frame = _compressor().compress(np.ascontiguousarray(prob).data)
+        return _ZST_HEAD.pack(_ZST_SKIPPABLE, _ZST_HEAD.size - 8, _ZST_TAG, *prob.shape, len(frame)) + frame
+    ok, png = cv2.imencode(MAP_FORMATS["png"], prob)
     if not ok:
         raise CarvanaError(f"PNG encoding of a {prob.dtype} {prob.shape} map failed")
     return png.tobytes()
 
 
-def write_map(folder: str | Path, image_id: str, prob: np.ndarray) -> Path:
-    """Write the map of ``image_id`` into a prediction folder, whole."""
-    return atomic_write_bytes(map_path(folder, image_id), encode_map(prob))
+def write_map(folder: str | Path, image_id: str, prob: np.ndarray, fmt: str = MAP_FORMAT) -> Path:
+    """Write the map of ``image_id`` into a prediction folder in format ``fmt``, whole."""
+    return atomic_write_bytes(map_path(folder, image_id, fmt), encode_map(prob, fmt))
 
 
-def pending(items: Sequence[Item], folder: str | Path, since: float = 0.0) -> list[Item]:
-    """The items without a map in ``folder`` modified at or after ``since`` (a POSIX time).
+def writing_format(folder: str | Path, wanted: str = MAP_FORMAT) -> str:
+    """The format a stage writes ``folder``'s maps in: the one it is already in (its manifest's, else that
+    of all its maps) when it continues a folder, so that every map of a folder is of one format; else
+    ``wanted``."""
+    map_suffix(wanted)
+    folder = Path(folder)
+    if not folder.is_dir():
+        return wanted
+    formats = {parsed[1] for entry in os.scandir(folder) if (parsed := _map_id(entry.name))}
+    fmt = folder_format(folder) or (formats.pop() if len(formats) == 1 else wanted)
+    if fmt != wanted:
+        log.info("%s holds %s maps: it is continued in that format", folder, fmt)
+    return fmt
+
+
+def pending(
+    items: Sequence[Item], folder: str | Path, since: float = 0.0, fmt: str = MAP_FORMAT
+) -> list[Item]:
+    """The items without a ``fmt`` map in ``folder`` modified at or after ``since`` (a POSIX time).
 
     ``since`` is the newest checkpoint's mtime: a map older than its model is stale and is predicted again.
     """
+    done = written_ids(folder, fmt, since)
+    return [item for item in items if item.image_id not in done]
+
+
+def written_ids(folder: str | Path, fmt: str = MAP_FORMAT, since: float = 0.0) -> set[str]:
+    """The ids with a ``fmt`` map in ``folder`` modified at or after ``since``; none if it does not exist."""
     folder = Path(folder)
     if not folder.is_dir():
-        return list(items)
-    done = {
-        entry.name for entry in os.scandir(folder) if _is_map(entry.name) and entry.stat().st_mtime >= since
-    }
-    return [item for item in items if f"{item.image_id}{MAP_SUFFIX}" not in done]
+        return set()
+    done = set()
+    for entry in os.scandir(folder):
+        parsed = _map_id(entry.name)
+        if parsed is not None and parsed[1] == fmt and (not since or entry.stat().st_mtime >= since):
+            done.add(parsed[0])
+    return done
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
@@ -425,13 +564,16 @@ def refuse_made_otherwise(
         )
 
 
-def write_manifest(folder: str | Path, items: Sequence[HasImageId], manifest: Mapping[str, Any]) -> bool:
-    """Write ``manifest`` (plus the image count) once every item has its map; False when some are missing."""
-    missing = pending(items, folder)
+def write_manifest(
+    folder: str | Path, items: Sequence[HasImageId], manifest: Mapping[str, Any], fmt: str = MAP_FORMAT
+) -> bool:
+    """Write ``manifest`` (plus the image count and the map format) once every item has its ``fmt`` map;
+    False when some are missing."""
+    missing = pending(items, folder, fmt=fmt)
     if missing:
         log.warning(
             "%s: %d of %d images have no map yet; rerun to finish them", folder, len(missing), len(items)
         )
         return False
-    write_json(Path(folder) / MANIFEST, {**manifest, "images": len(items)})
+    write_json(Path(folder) / MANIFEST, {**manifest, "format": fmt, "images": len(items)})
     return True

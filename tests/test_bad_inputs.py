@@ -128,21 +128,30 @@ def victim_folder(w: World, stage: str) -> Path:
 # Each damages the world for a stage and returns what the error line must name.
 
 
-def missing_png(w: World, stage: str) -> list[str]:
+def missing_map(w: World, stage: str) -> list[str]:
     path = map_path(victim_folder(w, stage), VICTIM)
     path.unlink()
     if stage in ("postprocess", "pseudo"):  # nothing else lists the images: the manifest counts them
         return [str(path.parent / MANIFEST)]
-    return [str(path)] if stage == "refine" else [str(path.parent), path.name]
+    return [str(path)] if stage == "refine" else [str(path.parent), path.stem]
 
 
-def truncated_png(w: World, stage: str) -> list[str]:
+def truncated_map(w: World, stage: str) -> list[str]:
     path = map_path(victim_folder(w, stage), VICTIM)
     path.write_bytes(path.read_bytes()[:-40])  # a copy cut short
     return [str(path), "truncated"]
 
 
-def wrong_size_png(w: World, stage: str) -> list[str]:
+def corrupt_map(w: World, stage: str) -> list[str]:
+    """A flipped bit inside the zstd frame: the header and length look whole, the read must still tell."""
+    path = map_path(victim_folder(w, stage), VICTIM)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 + 16] ^= 0x10
+    path.write_bytes(bytes(data))
+    return [str(path), "damaged map"]
+
+
+def wrong_size_map(w: World, stage: str) -> list[str]:
     path = write_map(victim_folder(w, stage), VICTIM, np.zeros((SHAPE[0], SHAPE[1] + 1), np.uint8))
     return [str(path), "97x64"]
 
@@ -180,12 +189,13 @@ def duplicate_sample_row(w: World, stage: str) -> list[str]:
     return [str(w.sample), "row 3", "repeats row 1"]
 
 
-PNG_READERS = ["ensemble", "submission", "postprocess", "pseudo", "refine"]
+MAP_READERS = ["ensemble", "submission", "postprocess", "pseudo", "refine"]
 FOLDER_READERS = ["ensemble", "submission", "postprocess", "pseudo", "report", "refine"]
 BAD: dict[str, tuple[Callable[[World, str], list[str]], list[str]]] = {
-    "missing": (missing_png, PNG_READERS),
-    "truncated": (truncated_png, PNG_READERS),
-    "wrong-size": (wrong_size_png, PNG_READERS),
+    "missing": (missing_map, MAP_READERS),
+    "truncated": (truncated_map, MAP_READERS),
+    "corrupt": (corrupt_map, MAP_READERS),
+    "wrong-size": (wrong_size_map, MAP_READERS),
     "manifest": (unparsable_manifest, FOLDER_READERS),
     "record": (record_without_entry, ["report", "refine"]),
     "empty": (empty_folder, FOLDER_READERS),
@@ -236,6 +246,9 @@ def test_bad_input_is_one_line_and_leaves_nothing(world, stage, bad, capfd):
     assert "Traceback" not in err
     for text in named:
         assert text in err, f"{text!r} not in {err!r}"
-    assert not world.out.exists()
+    if bad == "corrupt":  # only decoding finds it, in a worker: the maps before it may be written, whole
+        assert not (world.out / MANIFEST).exists() and not (world.out / "submission.csv").exists()
+    else:
+        assert not world.out.exists()
     assert not list(world.runs.glob(f"{CV_REPORT}*"))
     assert not [path for path in world.root.rglob("*") if path.name.endswith(TEMP_SUFFIX)]

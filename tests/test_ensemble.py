@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from carvana.errors import CarvanaError
+from carvana.runs import read_map
 from carvana.submit.ensemble import average
 from tests.conftest import REPO
 
@@ -19,6 +20,9 @@ SHAPE = (48, 64)
 
 
 def read(path: Path) -> np.ndarray:
+    """A map file (.png or .zst) as written."""
+    if path.suffix == ".zst":
+        return read_map(path)
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     assert image is not None, path
     return image
@@ -47,9 +51,9 @@ def stack(folders: list[Path], image_id: str) -> np.ndarray:
 
 def test_mean_equals_numpy(folders, tmp_path):
     out = average(folders, tmp_path / "out", workers=1)
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{i}.png" for i in IDS] + ["manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{i}.zst" for i in IDS] + ["manifest.json"])
     for image_id in IDS:
-        got = read(out / f"{image_id}.png").astype(np.float64)
+        got = read(out / f"{image_id}.zst").astype(np.float64)
         assert np.abs(got - stack(folders, image_id).mean(0)).max() <= 0.5 + 1e-6
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"] == [str(f.resolve()) for f in folders]
@@ -67,7 +71,7 @@ def test_equal_weights_round_exact_ties_up(tmp_path):
         folders[-1].mkdir()
         assert cv2.imwrite(str(folders[-1] / f"{IDS[0]}.png"), values if k < 5 else values + 1)
     out = average(folders, tmp_path / "out", workers=1)
-    np.testing.assert_array_equal(read(out / f"{IDS[0]}.png"), values + 1)
+    np.testing.assert_array_equal(read(out / f"{IDS[0]}.zst"), values + 1)
 
 
 def test_weights_are_normalised_and_zero_means_ignored(folders, tmp_path):
@@ -75,7 +79,7 @@ def test_weights_are_normalised_and_zero_means_ignored(folders, tmp_path):
     for image_id in IDS:
         maps = stack(folders, image_id)
         expected = (maps[0] + 2 * maps[1]) / 3
-        assert np.abs(read(out / f"{image_id}.png") - expected).max() <= 0.5 + 1e-6
+        assert np.abs(read(out / f"{image_id}.zst") - expected).max() <= 0.5 + 1e-6
     assert json.loads((out / "manifest.json").read_text())["weights"] == pytest.approx([1 / 3, 2 / 3, 0])
 
 
@@ -86,7 +90,7 @@ def test_vote_is_the_weighted_majority(folders, tmp_path, weights):
     for image_id in IDS:
         votes = (stack(folders, image_id) / 255 >= 0.5) * w
         expected = np.where(votes.sum(0) >= w.sum() / 2, 255, 0)  # [1, 1, 2]: ties count as car
-        np.testing.assert_array_equal(read(out / f"{image_id}.png"), expected)
+        np.testing.assert_array_equal(read(out / f"{image_id}.zst"), expected)
 
 
 def test_two_folder_vote_tie_is_car(folders, tmp_path):
@@ -94,7 +98,7 @@ def test_two_folder_vote_tie_is_car(folders, tmp_path):
     assert cv2.imwrite(str(a), np.full(SHAPE, 128, np.uint8))
     assert cv2.imwrite(str(b), np.full(SHAPE, 127, np.uint8))
     out = average(folders[:2], tmp_path / "out", vote=True, workers=1)
-    assert (read(out / f"{IDS[0]}.png") == 255).all()
+    assert (read(out / f"{IDS[0]}.zst") == 255).all()
 
 
 def test_missing_image_is_an_error_and_writes_nothing(folders, tmp_path):
@@ -109,7 +113,7 @@ def test_subset_keeps_the_shared_images(folders, tmp_path):
     (folders[1] / f"{IDS[0]}.png").unlink()
     (folders[2] / f"{IDS[5]}.png").unlink()
     out = average(folders, tmp_path / "out", subset=True, workers=1)
-    assert sorted(p.stem for p in out.glob("*.png")) == IDS[1:5]
+    assert sorted(p.stem for p in out.glob("*.zst")) == IDS[1:5]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["subset"] is True and manifest["images"] == 4
 
@@ -117,15 +121,15 @@ def test_subset_keeps_the_shared_images(folders, tmp_path):
 def test_resume_rewrites_only_what_is_missing(folders, tmp_path):
     out = average(folders, tmp_path / "out", workers=1)
     old = 1_000_000_000  # seconds: any rewrite gets a later mtime
-    for png in out.glob("*.png"):
-        os.utime(png, (old, old))
-    before = (out / f"{IDS[2]}.png").read_bytes()
-    (out / f"{IDS[2]}.png").unlink()
+    for path in out.glob("*.zst"):
+        os.utime(path, (old, old))
+    before = (out / f"{IDS[2]}.zst").read_bytes()
+    (out / f"{IDS[2]}.zst").unlink()
     average(folders, out, workers=1)
-    mtimes = {p.stem: p.stat().st_mtime for p in out.glob("*.png")}
+    mtimes = {p.stem: p.stat().st_mtime for p in out.glob("*.zst")}
     assert sorted(mtimes) == IDS
     assert [i for i, t in mtimes.items() if t != old] == [IDS[2]]
-    assert (out / f"{IDS[2]}.png").read_bytes() == before
+    assert (out / f"{IDS[2]}.zst").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(CarvanaError, match="already holds other predictions"):
         average(folders, out, weights=[1, 2, 3], workers=1)
@@ -135,7 +139,7 @@ def test_workers_give_the_same_bytes(folders, tmp_path):
     one = average(folders, tmp_path / "one", workers=1)
     two = average(folders, tmp_path / "two", workers=2)
     for image_id in IDS:
-        assert (one / f"{image_id}.png").read_bytes() == (two / f"{image_id}.png").read_bytes()
+        assert (one / f"{image_id}.zst").read_bytes() == (two / f"{image_id}.zst").read_bytes()
 
 
 def test_bad_inputs(folders, tmp_path):

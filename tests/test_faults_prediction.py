@@ -63,8 +63,8 @@ def assert_killed(done: subprocess.CompletedProcess) -> None:
 
 
 def maps(folder: Path) -> dict[str, int]:
-    """The PNG maps of a folder: name -> mtime_ns, which changes if a map is written again."""
-    return {png.name: png.stat().st_mtime_ns for png in folder.glob("*.png")}
+    """The maps of a folder: name -> mtime_ns, which changes if a map is written again."""
+    return {path.name: path.stat().st_mtime_ns for path in folder.glob("*.zst")}
 
 
 def assert_same_maps(folder: Path, reference: Path) -> None:
@@ -72,7 +72,7 @@ def assert_same_maps(folder: Path, reference: Path) -> None:
     names = sorted(maps(reference))
     assert sorted(maps(folder)) == names and len(names) == IMAGES
     for name in names:
-        read_map(folder / name)  # a whole PNG, every chunk's CRC checked
+        read_map(folder / name)  # a whole map, its checksum checked
         assert (folder / name).read_bytes() == (reference / name).read_bytes(), f"{name} differs"
 
 
@@ -93,7 +93,7 @@ def test_predict_killed_after_n_maps_then_rerun_gives_the_uninterrupted_files(
     assert len(killed) == n, f"killed after {n} maps, {len(killed)} there"
     assert not (out / MANIFEST).exists() and not (out / SUBMISSION).exists() and not temp_files(out)
     # What a write killed half-way leaves (another writer thread's, with writer_threads > 1): a part of the
-    # PNG under a temporary name, which the rerun must neither take for a map nor leave behind.
+    # map under a temporary name, which the rerun must neither take for a map nor leave behind.
     todo = sorted(set(maps(reference)) - set(killed))
     part = out / f".{todo[0]}.0badc0de.tmp"
     part.write_bytes((reference / todo[0]).read_bytes()[:1000])
@@ -101,7 +101,7 @@ def test_predict_killed_after_n_maps_then_rerun_gives_the_uninterrupted_files(
 
     log = succeeded(predict_py(trained_run, out, "hydra.verbose=carvana.predict.map_writer"))
     assert f"{out}: {IMAGES - n} of {IMAGES} images to predict" in log
-    assert sorted(f"{image_id}.png" for image_id in re.findall(r"rank 0 wrote (\S+)", log)) == todo
+    assert sorted(f"{image_id}.zst" for image_id in re.findall(r"rank 0 wrote (\S+)", log)) == todo
     assert {name: mtime for name, mtime in maps(out).items() if name in killed} == killed
     assert not temp_files(out)
     assert_same_maps(out, reference)

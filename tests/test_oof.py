@@ -5,7 +5,6 @@ import os
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -13,12 +12,13 @@ from PIL import Image
 
 from carvana.errors import CarvanaError
 from carvana.predict import oof
+from carvana.runs import read_map
 
 TRAINER = {"accelerator": "cpu", "devices": 1, "num_workers": 0, "enable_progress_bar": False}
 
 
-def numpy_dice(png: Path, gif: Path) -> float:
-    pred = cv2.imread(str(png), cv2.IMREAD_UNCHANGED) >= 128
+def numpy_dice(path: Path, gif: Path) -> float:
+    pred = read_map(path) >= 128
     truth = np.array(Image.open(gif)) > 0
     total = pred.sum() + truth.sum()
     return 1.0 if total == 0 else 2 * (pred & truth).sum() / total
@@ -27,7 +27,7 @@ def numpy_dice(png: Path, gif: Path) -> float:
 def direct_scores(run: Path) -> dict[str, float]:
     """Per-image Dice of every file in <run>/oof against the masks of the run's (synthetic) data."""
     masks = Path(OmegaConf.load(run / ".hydra" / "config.yaml").paths.cache_dir) / "synthetic" / "train_masks"
-    return {png.stem: numpy_dice(png, masks / f"{png.stem}_mask.gif") for png in (run / "oof").glob("*.png")}
+    return {p.stem: numpy_dice(p, masks / f"{p.stem}_mask.gif") for p in (run / "oof").glob("*.zst")}
 
 
 @pytest.fixture()
@@ -78,12 +78,12 @@ def test_pooled_dice_is_the_mean_over_all_oof_files(runs):
 def test_oof_maps_older_than_the_checkpoint_are_predicted_again(runs):
     run = runs[0]
     oof.predict_oof(run, hflip=False, **TRAINER)
-    before = {png.name: png.stat().st_mtime_ns for png in (run / "oof").glob("*.png")}
+    before = {p.name: p.stat().st_mtime_ns for p in (run / "oof").glob("*.zst")}
     oof.predict_oof(run, hflip=False, **TRAINER)  # nothing to do
-    assert {png.name: png.stat().st_mtime_ns for png in (run / "oof").glob("*.png")} == before
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "oof").glob("*.zst")} == before
     checkpoint = run / "checkpoints" / "best.ckpt"
     later = max(before.values()) / 1e9 + 10
     os.utime(checkpoint, (later, later))  # a newer best checkpoint, as after resumed training
     oof.predict_oof(run, hflip=False, **TRAINER)
-    after = {png.name: png.stat().st_mtime_ns for png in (run / "oof").glob("*.png")}
+    after = {p.name: p.stat().st_mtime_ns for p in (run / "oof").glob("*.zst")}
     assert after.keys() == before.keys() and all(after[name] != before[name] for name in before)

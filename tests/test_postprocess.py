@@ -142,7 +142,7 @@ def test_evaluate_scores_each_variant(oof):
 
 def test_evaluate_errors_and_cli(oof, tmp_path, capsys):
     oof_dir, masks_dir, _ = oof
-    with pytest.raises(CarvanaError, match=r"no <id>\.png"):
+    with pytest.raises(CarvanaError, match=r"no map \(<id>\.zst or <id>\.png\)"):
         evaluate(tmp_path, masks_dir, {})
     with pytest.raises(CarvanaError, match="threshold"):
         evaluate(oof_dir, masks_dir, {}, threshold=2)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,7 @@ from carvana.errors import CarvanaError
 from carvana.predict import checkpoints as prediction
 from carvana.predict import inference as predicting
 from carvana.predict.prediction_module import PredictionModule
+from carvana.runs import read_map, write_map
 from carvana.submit import rle, submission
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,8 +113,9 @@ def test_predict_py_after_train_py_writes_a_checked_submission(trained_run, tmp_
     assert submission.check(out / "submission.csv", sample, shape=(60, 90)) == 16
     rows = [line.split(",")[0] for line in (out / "submission.csv").read_text().splitlines()[1:]]
     assert rows == submission.read_sample(sample)
-    for png in out.glob("*.png"):
-        assert cv2.imread(str(png), cv2.IMREAD_UNCHANGED).shape == (60, 90)
+    assert len(list(out.glob("*.zst"))) == 16
+    for path in out.glob("*.zst"):
+        assert read_map(path).shape == (60, 90)
     manifest = OmegaConf.load(out / "manifest.json")
     assert manifest.images == 16 and manifest.tta.hflip and manifest.weights == [1.0]
     assert manifest.checkpoints == [str(trained_run / "checkpoints" / "best.ckpt")]
@@ -166,8 +167,7 @@ def test_ddp_writes_every_image_exactly_once(trained_run, tmp_path):
     out = tmp_path / "pred"
     out.mkdir()
     images = sorted((trained_run.parents[2] / "cache" / "synthetic" / "test").glob("*.jpg"))
-    done_before = out / f"{images[0].stem}.png"  # already predicted: 15 left, an odd count
-    cv2.imwrite(str(done_before), np.zeros((60, 90), np.uint8))
+    done_before = write_map(out, images[0].stem, np.zeros((60, 90), np.uint8))  # 15 left, an odd count
     mtime = done_before.stat().st_mtime_ns
     done = predict_py(
         f"checkpoints={trained_run}/checkpoints/best.ckpt",
@@ -231,7 +231,7 @@ def resumed_real(trained_run, tmp_path_factory, shared_full) -> dict:
         start_new_session=True,  # the kill takes the process group: this command's alone
     )
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    killed = {png.name: png.stat().st_mtime_ns for png in out.glob("*.png")}
+    killed = {path.name: path.stat().st_mtime_ns for path in out.glob("*.zst")}
 
     second = predict_py(*overrides)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -242,8 +242,8 @@ def test_killed_run_continues_without_recomputing(resumed_real):
     out, killed = resumed_real["out"], resumed_real["killed"]
     assert len(killed) == KILLED_AFTER
     assert f"{out}: {13 - KILLED_AFTER} of 13 images to predict" in resumed_real["log"]
-    assert {png.name: png.stat().st_mtime_ns for png in out.glob("*.png") if png.name in killed} == killed
-    assert len(list(out.glob("*.png"))) == 13 and not list(out.glob(".*.tmp"))
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.zst") if p.name in killed} == killed
+    assert len(list(out.glob("*.zst"))) == 13 and not list(out.glob(".*.tmp"))
     assert OmegaConf.load(out / "manifest.json").images == 13
 
 
@@ -258,6 +258,6 @@ def test_real_test_images_give_full_size_maps_and_exact_rles(resumed_real, share
     assert rows == [img for img in sample if Path(img).stem in ids]  # sample order
     for line in lines[1:]:
         img, _, encoded = line.partition(",")
-        prob = cv2.imread(str(out / f"{Path(img).stem}.png"), cv2.IMREAD_UNCHANGED)
+        prob = read_map(out / f"{Path(img).stem}.zst")
         assert prob.shape == (1280, 1918) and prob.dtype == np.uint8
         np.testing.assert_array_equal(rle.decode(encoded, (1280, 1918)), (prob > 127).astype(np.uint8))

@@ -87,12 +87,31 @@ class StackedDataset(CarvanaDataset):
         return np.dstack([image, *probs])
 
 
+class _MapFinder:
+    """A map file by (prediction folder, image id), in either format (``carvana.runs.map_files``), or, when
+    it is missing, the name it would have beside the folder's other maps, for ``check_files`` to name; each
+    folder is listed once."""
+
+    def __init__(self) -> None:
+        self.listed: dict[Path, dict[str, Path]] = {}
+
+    def __call__(self, folder: Path, image_id: str) -> Path:
+        if folder not in self.listed:
+            self.listed[folder] = runs.map_files(folder) if folder.is_dir() else {}
+        found = self.listed[folder]
+        if image_id in found:
+            return found[image_id]
+        other = next(iter(found.values()), None)  # named in the folder's own format
+        return folder / f"{image_id}{other.suffix}" if other else runs.map_path(folder, image_id)
+
+
 def oof_maps(
     sources: Sequence[Path], samples: Sequence[Sample], table: Mapping[str, int]
 ) -> list[list[Path]]:
     """For each sample, its out-of-fold map from each source: the source's run of the car's own fold."""
+    find = _MapFinder()
     maps = [
-        [runs.map_path(runs.fold_dir(source, table[s.car]) / runs.OOF, s.image_id) for source in sources]
+        [find(runs.fold_dir(source, table[s.car]) / runs.OOF, s.image_id) for source in sources]
         for s in samples
     ]
     return check_files(maps, "out-of-fold map (run the sources' OOF step)")
@@ -100,6 +119,7 @@ def oof_maps(
 
 def test_maps(sources: Sequence[Path], samples: Sequence[Sample]) -> list[list[Path]]:
     """For each test sample, each source's test prediction (``predict.py`` folders)."""
+    find = _MapFinder()
     return check_files(
-        [[runs.map_path(source, s.image_id) for source in sources] for s in samples], "test prediction"
+        [[find(Path(source), s.image_id) for source in sources] for s in samples], "test prediction"
     )

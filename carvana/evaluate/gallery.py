@@ -181,17 +181,16 @@ def _png(rgb: np.ndarray) -> bytes:
 class _Draw:
     """The overlay and thumbnail of one image: picklable, for the worker processes."""
 
-    folder: Path
     masks_dir: Path
     images_dir: Path
     out_dir: Path
     cutoff: int
     digits: int
 
-    def __call__(self, job: tuple[int, str]) -> tuple[Worst, np.ndarray]:
+    def __call__(self, job: tuple[int, str, Path]) -> tuple[Worst, np.ndarray]:
         """The image of rank ``rank`` (its car's metadata left to the caller), and its thumbnail."""
-        rank, image_id = job
-        path, gif = runs.map_path(self.folder, image_id), mask_path(self.masks_dir, image_id)
+        rank, image_id, path = job
+        gif = mask_path(self.masks_dir, image_id)
         jpeg = image_path(self.images_dir, image_id)
         prob, truth, image = runs.read_map(path), read_mask(gif) != 0, read_image(jpeg)
         for source, array in ((path, prob), (jpeg, image)):
@@ -295,7 +294,8 @@ def gallery(
         raise CarvanaError(f"-k must be >= 1, got {k}")
     check_fraction("threshold", threshold)
     check_workers(workers)
-    ids = runs.input_map_ids(folder)
+    files = runs.input_maps(folder)
+    ids = list(files)
     runs.finished_manifest(folder, ids)
     check_folder(masks_dir, "masks folder")
     images_dir = masks_dir.parent / TRAIN_DIR if images_dir is None else Path(images_dir)
@@ -306,13 +306,13 @@ def gallery(
     masks = {entry.name for entry in os.scandir(masks_dir)}
     maps, ids = len(ids), [image_id for image_id in ids if mask_path(masks_dir, image_id).name in masks]
     if not ids:
-        raise CarvanaError(f"no <id>{runs.MAP_SUFFIX} in {folder} has a <id>{MASK_SUFFIX} in {masks_dir}")
+        raise CarvanaError(f"no map in {folder} has a <id>{MASK_SUFFIX} in {masks_dir}")
     unmasked = f"; {maps - len(ids)} maps without a mask left out" if len(ids) < maps else ""
 
     cutoff = math.floor(threshold * 255)
     stored = stored_scores(folder, ids, threshold)
     if stored is None:
-        pairs = [(str(runs.map_path(folder, i)), str(mask_path(masks_dir, i))) for i in ids]
+        pairs = [(str(files[i]), str(mask_path(masks_dir, i))) for i in ids]
         scored = imap_unordered(functools.partial(_score, cutoff=cutoff), pairs, workers)
         scores = dict(track(scored, len(pairs), f"scoring {folder}"))
         source = f"of {len(ids)} maps scored{unmasked}"
@@ -323,8 +323,9 @@ def gallery(
     check_files([[image_path(images_dir, image_id) for image_id in chosen]], "image")
 
     out_dir = runs.gallery_dir(folder) if out_dir is None else Path(out_dir)
-    draw = _Draw(folder, masks_dir, images_dir, out_dir, cutoff, len(str(len(chosen))))
-    drawn = sorted(imap_unordered(draw, list(enumerate(chosen, 1)), workers), key=lambda d: d[0].rank)
+    draw = _Draw(masks_dir, images_dir, out_dir, cutoff, len(str(len(chosen))))
+    jobs = [(rank, image_id, files[image_id]) for rank, image_id in enumerate(chosen, 1)]
+    drawn = sorted(imap_unordered(draw, jobs, workers), key=lambda d: d[0].rank)
     for w, _ in drawn:
         if stored is not None and not math.isclose(w.dice, scores[w.image_id], rel_tol=1e-9):
             raise CarvanaError(

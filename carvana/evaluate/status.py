@@ -306,14 +306,14 @@ def submission_status(
     """A submission's rows and whether it passes ``carvana submission check`` against its sample."""
     name = f"{_experiment_name(folder, root)}/{path.name}"
     sample = sample or _sample_of(runs.read_manifest(folder))
-    ids = runs.map_ids(folder)
+    files = runs.map_files(folder)
     if not check:
         return SubmissionStatus(name, _count_rows(path), None, "not checked (--no-check)")
-    if sample is None or not sample.is_file() or not ids:
-        why = f"no sample submission at {sample}" if ids else "no map to take the mask size from"
+    if sample is None or not sample.is_file() or not files:
+        why = f"no sample submission at {sample}" if files else "no map to take the mask size from"
         return SubmissionStatus(name, _count_rows(path), None, f"not checked: {why} (--sample)")
     stat = path.stat()
-    shape = runs.map_size(runs.map_path(folder, ids[0]))
+    shape = runs.map_size(next(iter(files.values())))
     rows, valid, problem = _checked(path, sample, shape, (stat.st_mtime_ns, stat.st_size))
     return SubmissionStatus(name, rows, valid, problem)
 

@@ -17,7 +17,7 @@ from carvana.config import instantiate
 from carvana.data.datasets import test_maps
 from carvana.data.kaggle import test_samples
 from carvana.predict.checkpoints import data_root, describe, members
-from carvana.predict.map_writer import PngWriter
+from carvana.predict.map_writer import MapWriter
 from carvana.predict.prediction_module import PredictionModule, predict_missing, prediction_trainer
 from carvana.train.callbacks import Heartbeat
 
@@ -41,7 +41,7 @@ def predict(cfg: DictConfig) -> Path:
     runs.refuse_made_otherwise(out_dir, manifest)
 
     module = PredictionModule.from_members(group, hflip=cfg.tta.hflip)
-    writer = PngWriter(out_dir, threads=cfg.writer_threads)
+    writer = MapWriter(out_dir, threads=cfg.writer_threads, fmt=cfg.map_format)
     # carvana status: the folder's progress, and what it will hold, before its manifest exists
     info = {"images": len(samples), "checkpoints": manifest["checkpoints"]}
     trainer = prediction_trainer(
@@ -55,7 +55,7 @@ def predict(cfg: DictConfig) -> Path:
         return out_dir
 
     lines = [f"{out_dir}: {len(samples)} probability maps of {len(group)} checkpoint(s)"]
-    if runs.write_manifest(out_dir, samples, manifest):
+    if runs.write_manifest(out_dir, samples, manifest, writer.format):
         if submission is not None:
             lines.append(submission(out_dir, root, samples[0].image_id))
         if pseudo is not None:

@@ -24,8 +24,8 @@ from carvana.files import temp_files
 log = logging.getLogger(__name__)
 
 
-class PngWriter(BasePredictionWriter):
-    """Writes each batch's uint8 maps as PNGs from a few threads, so the accelerator never waits on zlib.
+class MapWriter(BasePredictionWriter):
+    """Writes each batch's uint8 maps from a few threads, so the accelerator never waits on the encoder.
 
     At most ``max_pending`` maps wait in memory; the pool is drained at the end of predict (then all ranks
     meet, so every file exists when ``trainer.predict`` returns) and on an exception. Each file is logged
@@ -34,13 +34,18 @@ class PngWriter(BasePredictionWriter):
 
     Args:
         out_dir: the prediction folder.
-        threads: encoding threads (zlib releases the GIL).
+        threads: encoding threads (zstd and zlib release the GIL).
         max_pending: maps handed over but not yet written, at most; bounds the memory they hold.
+        fmt: the map format (``carvana.runs.MAP_FORMATS``); a folder already holding maps is continued in
+            theirs (``carvana.runs.writing_format``).
     """
 
-    def __init__(self, out_dir: str | Path, threads: int = 2, max_pending: int = 8):
+    def __init__(
+        self, out_dir: str | Path, threads: int = 2, max_pending: int = 8, fmt: str = runs.MAP_FORMAT
+    ):
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
+        self.format = runs.writing_format(self.out_dir, fmt)
         self.threads, self.max_pending = threads, max_pending
         self._pool: ThreadPoolExecutor | None = None
         self._futures: deque[Future] = deque()
@@ -51,13 +56,13 @@ class PngWriter(BasePredictionWriter):
         """Also removes the temp files of a killed run; ranks meet after setup, before any rank writes."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if trainer.is_global_zero:
-            for tmp in temp_files(self.out_dir, f"*{runs.MAP_SUFFIX}"):
+            for tmp in temp_files(self.out_dir, f"*{runs.map_suffix(self.format)}"):
                 tmp.unlink(missing_ok=True)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="png-writer")
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="map-writer")
         self._rank = trainer.global_rank
 
     def _write(self, image_id: str, prob: np.ndarray) -> None:
-        runs.write_map(self.out_dir, image_id, prob)
+        runs.write_map(self.out_dir, image_id, prob, self.format)
         log.debug("rank %d wrote %s", self._rank, image_id)
 
     @override
@@ -84,7 +89,7 @@ class PngWriter(BasePredictionWriter):
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._drain()
-        trainer.strategy.barrier("png_writer")
+        trainer.strategy.barrier("map_writer")
 
     @override
     def on_exception(
@@ -94,7 +99,7 @@ class PngWriter(BasePredictionWriter):
         futures, self._futures = self._futures, deque()
         for future in futures:
             if future.exception() is not None:
-                log.warning("writing a PNG failed too: %s", future.exception())
+                log.warning("writing a map failed too: %s", future.exception())
         self._shutdown()
 
     @override

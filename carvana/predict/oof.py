@@ -1,6 +1,6 @@
 """Out-of-fold predictions and scores: each fold's validation cars predicted by that fold's own model.
 
-``predict_oof(run_dir)`` writes ``<run>/oof/<image_id>.png`` (8-bit probabilities at the original
+``predict_oof(run_dir)`` writes ``<run>/oof/<image_id>.zst`` (8-bit probabilities at the original
 resolution, hflip TTA by default) and ``<run>/oof_score.json``: the mean per-image Dice of those files
 against the true masks, computed with numpy exactly as Kaggle scores (1 when both masks are empty).
 ``pooled_dice(run_dirs)`` is the cross-validation score: the mean over every OOF image of every fold.
@@ -31,7 +31,7 @@ from carvana.data.kaggle import Sample, read_mask, train_samples
 from carvana.errors import CarvanaError, check_shape, run_command
 from carvana.metrics import dice
 from carvana.predict.checkpoints import data_root, describe, members
-from carvana.predict.map_writer import PngWriter
+from carvana.predict.map_writer import MapWriter
 from carvana.predict.prediction_module import PredictionModule, predict_missing, prediction_trainer
 from carvana.progress import track
 
@@ -56,10 +56,12 @@ def validation_samples(run_dir: str | Path) -> list[Sample]:
     return val
 
 
-def _score(sample: Sample, oof_dir: Path, cutoff: int) -> float:
-    path = runs.map_path(oof_dir, sample.image_id)
-    if not path.is_file():
-        raise CarvanaError(f"{path}: missing (run carvana oof {oof_dir.parent} first)")
+def _score(sample: Sample, files: dict[str, Path], oof_dir: Path, cutoff: int) -> float:
+    path = files.get(sample.image_id)
+    if path is None:
+        raise CarvanaError(
+            f"{runs.map_path(oof_dir, sample.image_id)}: missing (run carvana oof {oof_dir.parent} first)"
+        )
     prob = runs.read_map(path)
     assert sample.mask is not None
     truth = read_mask(sample.mask)
@@ -75,8 +77,10 @@ def score_fold(run_dir: str | Path, threshold: float = 0.5, write: bool = True) 
     run_dir = Path(run_dir)
     samples = validation_samples(run_dir)
     cutoff = math.floor(threshold * 255)
-    with ThreadPoolExecutor(4) as pool:  # PNG and GIF decoding release the GIL
-        scored = pool.map(lambda sample: _score(sample, run_dir / runs.OOF, cutoff), samples)
+    oof_dir = run_dir / runs.OOF
+    files = runs.map_files(oof_dir) if oof_dir.is_dir() else {}
+    with ThreadPoolExecutor(4) as pool:  # map and GIF decoding release the GIL
+        scored = pool.map(lambda sample: _score(sample, files, oof_dir, cutoff), samples)
         dices = list(track(scored, len(samples), f"scoring {run_dir / runs.OOF}"))
     score = float(np.mean(dices))
     if write:
@@ -118,7 +122,7 @@ def predict_oof(
     stale = runs.made_otherwise(oof_dir, manifest)
     since = time.time() if stale else group[0].checkpoint.stat().st_mtime
 
-    writer = PngWriter(oof_dir, threads=writer_threads)
+    writer = MapWriter(oof_dir, threads=writer_threads)
     pl_trainer = prediction_trainer(
         config.trainer if trainer is None else trainer, writer, run_dir, **trainer_overrides
     )
@@ -129,7 +133,7 @@ def predict_oof(
     predict_missing(pl_trainer, module, samples, writer, since, batch_size, num_workers, maps)
     if not pl_trainer.is_global_zero:
         return score_fold(run_dir, write=False)
-    runs.write_manifest(oof_dir, samples, manifest)
+    runs.write_manifest(oof_dir, samples, manifest, writer.format)
     return score_fold(run_dir)
 
 

@@ -30,7 +30,7 @@ from carvana.data.kaggle import Sample
 from carvana.errors import normalised_weights
 from carvana.models import NetworkInput
 from carvana.predict.checkpoints import Member, common_geometry, load_network
-from carvana.predict.map_writer import PngWriter
+from carvana.predict.map_writer import MapWriter
 from carvana.progress import Lines, is_terminal
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def predict_missing(
     trainer: pl.Trainer,
     module: PredictionModule,
     samples: Sequence[Sample],
-    writer: PngWriter,
+    writer: MapWriter,
     since: float,
     batch_size: int = 2,
     num_workers: int = 2,
@@ -173,8 +173,8 @@ def predict_missing(
     level's probability-map channels of the samples. Returns the count done.
     """
     if writer not in trainer.callbacks:
-        raise ValueError("the trainer must have the PngWriter among its callbacks")
-    todo = runs.pending(samples, writer.out_dir, since)
+        raise ValueError("the trainer must have the MapWriter among its callbacks")
+    todo = runs.pending(samples, writer.out_dir, since, writer.format)
     log.info("%s: %d of %d images to predict", writer.out_dir, len(todo), len(samples))
     if not todo:
         return 0
@@ -193,7 +193,7 @@ def predict_missing(
 
 def prediction_trainer(
     trainer: DictConfig,
-    writer: PngWriter,
+    writer: MapWriter,
     root_dir: str | Path,
     callbacks: Sequence[pl.Callback] = (),
     **overrides: Any,

@@ -1,6 +1,6 @@
 """Combining prediction folders into one: weighted mean of the probabilities, or a hard majority vote.
 
-Every input map is vetted first (present in every folder, a whole PNG, the same size in each), so bad input
+Every input map is vetted first (present in every folder, a whole file, the same size in each), so bad input
 is refused before anything is written. Then it runs image by image in worker processes, each writing its
 output map whole (temp name, then rename), so an interrupted run resumes where it stopped: images whose
 output exists are skipped. ``manifest.json`` is written last, so its presence means the folder is complete.
@@ -12,9 +12,10 @@ import argparse
 import functools
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from carvana import runs
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 VOTE_CUTOFF = 128  # a map votes car where v/255 >= 0.5, i.e. v >= 128
 _TIE = 1e-5  # float32 sums of normalised weights miss an exact 0.5 by ~1e-7; a tie counts as car
 
-# (input folders, output folder, normalised weights, vote)
-Settings = tuple[tuple[str, ...], str, tuple[float, ...], bool]
+# (output folder, its map format, normalised weights, vote)
+Settings = tuple[str, str, tuple[float, ...], bool]
 
 
 def _equal_weights_table(count: int, vote: bool) -> np.ndarray:
@@ -39,50 +40,94 @@ def _equal_weights_table(count: int, vote: bool) -> np.ndarray:
     return ((2 * sums + count) // (2 * count)).astype(np.uint8)  # the mean, rounded half up
 
 
-def combine(paths: Sequence[str], weights: Sequence[float], vote: bool = False) -> np.ndarray:
+def _read_all(paths: Sequence[str | Path]) -> Iterator[np.ndarray]:
+    """The maps at ``paths`` one by one, each the size of the first."""
+    shape = None
+    for path in paths:
+        prob = runs.read_map(path)
+        if shape is not None:
+            check_shape(Path(path).stem, path, prob.shape, shape, f"the size of {paths[0]}")
+        shape = prob.shape
+        yield prob
+
+
+def sum_maps(probs: Iterable[np.ndarray], count: int) -> np.ndarray:
+    """The exact integer sum of ``count`` uint8 maps: uint16 (uint32 past 257 maps).
+
+    Maps are widened in pairs by OpenCV's SIMD 8u + 8u -> 16u add, then summed in the wide type: faster
+    than numpy's casting uint16 += uint8 or a float32 accumulator, each of which costs more than reading a
+    .zst map (bench/results.md, ensemble).
+    """
+    wide = np.uint16 if 255 * count <= 0xFFFF else np.uint32
+    acc, odd = None, None
+    for prob in probs:
+        if odd is None:
+            odd = prob
+            continue
+        pair, odd = cv2.add(odd, prob, dtype=cv2.CV_16U), None
+        acc = pair.astype(wide, copy=False) if acc is None else np.add(acc, pair, out=acc)
+    if odd is not None:
+        acc = odd.astype(wide) if acc is None else np.add(acc, odd, out=acc)
+    assert acc is not None, "a sum needs at least one map"
+    return acc
+
+
+def total(paths: Sequence[str | Path]) -> np.ndarray:
+    """The exact integer sum of the maps at ``paths``, each read once (``sum_maps``)."""
+    return sum_maps(_read_all(paths), len(paths))
+
+
+def _weighted(paths: Sequence[str | Path], weights: Sequence[float], vote: bool) -> np.ndarray:
+    """The float32 weighted sum of the maps (or of their votes: 1 where v >= 128)."""
+    acc: np.ndarray | None = None
+    for prob, weight in zip(_read_all(paths), weights, strict=True):
+        if acc is None:
+            acc = np.zeros(prob.shape, np.float32)
+        acc += (prob >= VOTE_CUTOFF if vote else prob) * np.float32(weight)
+    assert acc is not None, "a sum needs at least one map"
+    return acc
+
+
+def combine(paths: Sequence[str | Path], weights: Sequence[float], vote: bool = False) -> np.ndarray:
     """The uint8 map of one image from its maps at ``paths`` with normalised ``weights``: the weighted mean
     rounded half up, or with ``vote`` 255 where the weighted share of maps >= 128 is at least half, else 0.
 
-    Equal weights (the common case) sum exactly in integers and take the result from a table: three times
-    faster than float32, and exact on ties, which float32 sums of 1/K miss by ~1e-7 either way.
+    Equal weights (the common case) sum exactly in integers and take the result from a table: faster than
+    float32, and exact on ties, which float32 sums of 1/K miss by ~1e-7 either way.
     """
-    equal = len(set(weights)) == 1
-    dtype = (np.uint16 if 255 * len(paths) <= 0xFFFF else np.uint32) if equal else np.float32
-    acc: np.ndarray | None = None
-    for path, weight in zip(paths, weights, strict=True):
-        prob = runs.read_map(path)
-        if acc is None:
-            acc = np.zeros(prob.shape, dtype)
-        else:
-            check_shape(Path(path).stem, path, prob.shape, acc.shape, f"the size of {paths[0]}")
-        if vote:
-            prob = (prob >= VOTE_CUTOFF).view(np.uint8)
-        if equal:
-            np.add(acc, prob, out=acc)
-        else:
-            acc += prob * np.float32(weight)
-    assert acc is not None, "combine needs at least one map"
-    if equal:
-        return _equal_weights_table(len(paths), vote)[acc]
+    if len(set(weights)) == 1:
+        sums = _weighted(paths, [1.0] * len(paths), True).astype(np.uint32) if vote else total(paths)
+        return _equal_weights_table(len(paths), vote)[sums]
+    acc = _weighted(paths, weights, vote)
     if vote:
         return (acc >= np.float32(0.5 - _TIE)).view(np.uint8) * np.uint8(255)
     return (acc + np.float32(0.5)).astype(np.uint8)  # round half up; acc <= 255 up to ~1e-4
 
 
-def _combine(image_id: str, settings: Settings) -> str:
+def combined_mask(
+    paths: Sequence[str | Path], weights: Sequence[float], vote: bool, cutoff: int
+) -> np.ndarray:
+    """``combine(paths, weights, vote) > cutoff``, without the mean map where the weights are equal: the
+    rounded mean of K maps exceeds c exactly when their sum reaches ceil(K (2c + 1) / 2)."""
+    if len(set(weights)) == 1 and not vote:
+        if len(paths) == 1:
+            return runs.read_map(paths[0]) > np.uint8(cutoff)
+        return total(paths) >= (len(paths) * (2 * cutoff + 1) + 1) // 2
+    return combine(paths, weights, vote) > np.uint8(cutoff)
+
+
+def _combine(job: tuple[str, tuple[str, ...]], settings: Settings) -> str:
     """Combine one image's K maps and write the output map; returns the id."""
-    inputs, out, weights, vote = settings
-    runs.write_map(
-        out, image_id, combine([str(runs.map_path(folder, image_id)) for folder in inputs], weights, vote)
-    )
+    out, fmt, weights, vote = settings
+    image_id, paths = job
+    runs.write_map(out, image_id, combine(paths, weights, vote), fmt)
     return image_id
 
 
-def _check_sizes(folders: Sequence[Path], ids: Sequence[str]) -> None:
-    """Each image's maps must be whole PNGs of one size, read from their headers before anything is
+def _check_sizes(jobs: Sequence[tuple[str, tuple[str, ...]]]) -> None:
+    """Each image's maps must be whole files of one size, read from their headers before anything is
     written."""
-    for image_id in ids:
-        paths = [runs.map_path(folder, image_id) for folder in folders]
+    for image_id, paths in jobs:
         size = runs.map_size(paths[0])
         for path in paths[1:]:
             check_shape(image_id, path, runs.map_size(path), size, f"the size of {paths[0]}")
@@ -95,12 +140,14 @@ def average(
     vote: bool = False,
     workers: int = 0,
     subset: bool = False,
+    fmt: str = runs.MAP_FORMAT,
 ) -> Path:
     """Combine the prediction folders ``inputs`` into ``out``; returns ``out``.
 
     Every folder must hold the same images (``subset`` keeps only the ids they share).
     Pixel = round(sum w_i p_i) with the weights normalised, or with ``vote`` 255 where the weighted share
-    of maps with p >= 0.5 is at least half (a tie counts as car), else 0. ``workers=0`` uses every CPU.
+    of maps with p >= 0.5 is at least half (a tie counts as car), else 0. ``workers=0`` uses every CPU;
+    ``fmt`` is the output's map format (an ``out`` already holding maps is continued in theirs).
     """
     folders = [Path(folder) for folder in inputs]
     out = Path(out)
@@ -112,21 +159,21 @@ def average(
         if out.resolve() == folder.resolve():
             raise CarvanaError(f"output folder {out} is also an input")
 
-    present = [runs.input_map_ids(folder) for folder in folders]
+    present = [runs.input_maps(folder) for folder in folders]
     every = sorted(set().union(*present))
     for folder, found in zip(folders, present, strict=True):
         missing = sorted(set(every).difference(found))
         if missing and not subset:
             raise CarvanaError(
                 f"{len(missing)} of {len(every)} images are missing from {folder}, first: "
-                f"{missing[0]}{runs.MAP_SUFFIX} (subset=True keeps the images all have)"
+                f"{missing[0]} (subset=True keeps the images all have)"
             )
     ids = sorted(set(every).intersection(*present))
     if not ids:
         raise CarvanaError(f"the folders {', '.join(map(str, folders))} share no image")
     # The inputs' own manifests keep the provenance whole: which checkpoints and TTA made each input.
     input_manifests = [
-        runs.finished_manifest(folder, found) for folder, found in zip(folders, present, strict=True)
+        runs.finished_manifest(folder, list(found)) for folder, found in zip(folders, present, strict=True)
     ]
 
     manifest = {
@@ -138,18 +185,18 @@ def average(
         "images": len(ids),
     }
     runs.refuse_made_otherwise(out, manifest, ("inputs", "weights", "vote"))
-    done = set(runs.map_ids(out)) if out.is_dir() else set()
-    todo = [image_id for image_id in ids if image_id not in done]
-    _check_sizes(folders, todo)
+    fmt = runs.writing_format(out, fmt)
+    done = runs.written_ids(out, fmt)
+    jobs = [(i, tuple(str(found[i]) for found in present)) for i in ids if i not in done]
+    _check_sizes(jobs)
     out.mkdir(parents=True, exist_ok=True)
 
-    settings: Settings = (tuple(map(str, folders)), str(out), norm, vote)
-    combine = functools.partial(_combine, settings=settings)
-    for _ in track(imap_unordered(combine, todo, workers), len(todo), f"ensemble {out}"):
+    combine = functools.partial(_combine, settings=(str(out), fmt, norm, vote))
+    for _ in track(imap_unordered(combine, jobs, workers), len(jobs), f"ensemble {out}"):
         pass
     manifest["input_manifests"] = input_manifests
-    runs.write_json(out / runs.MANIFEST, manifest)
-    log.info("%s: %d images written, %d already there", out, len(todo), len(ids) - len(todo))
+    runs.write_json(out / runs.MANIFEST, {**manifest, "format": fmt})
+    log.info("%s: %d images written, %d already there", out, len(jobs), len(ids) - len(jobs))
     return out
 
 
@@ -162,10 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vote", action="store_true", help="hard majority vote instead of the mean")
     parser.add_argument("--workers", type=int, default=0, help="processes; 0 = one per CPU")
     parser.add_argument("--subset", action="store_true", help="only the images every input has")
+    parser.add_argument(
+        "--format", choices=runs.MAP_FORMATS, default=runs.MAP_FORMAT, help="output map format"
+    )
     args = parser.parse_args(argv)
 
     def action() -> str:
-        out = average(args.inputs, args.out, args.weights, args.vote, args.workers, args.subset)
+        out = average(args.inputs, args.out, args.weights, args.vote, args.workers, args.subset, args.format)
         return f"{out}: ensemble of {len(args.inputs)} folders written"
 
     return run_command(action)

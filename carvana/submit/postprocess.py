@@ -123,18 +123,18 @@ def evaluate(
     oof_dir, masks_dir = Path(oof_dir), Path(masks_dir)
     check_fraction("threshold", threshold)
     check_workers(workers)
-    ids = runs.input_map_ids(oof_dir)
+    files = runs.input_maps(oof_dir)
     check_folder(masks_dir)
-    runs.finished_manifest(oof_dir, ids)
+    runs.finished_manifest(oof_dir, list(files))
     steps = {"none": PostProcess(), **{name: step for name, step in steps.items() if name != "none"}}
     masks = {entry.name for entry in os.scandir(masks_dir)}
     pairs = [
-        (str(runs.map_path(oof_dir, image_id)), str(mask_path(masks_dir, image_id)))
-        for image_id in ids
+        (str(path), str(mask_path(masks_dir, image_id)))
+        for image_id, path in files.items()
         if mask_path(masks_dir, image_id).name in masks
     ]
     if not pairs:
-        raise CarvanaError(f"no <id>{runs.MAP_SUFFIX} in {oof_dir} has a <id>{MASK_SUFFIX} in {masks_dir}")
+        raise CarvanaError(f"no map in {oof_dir} has a <id>{MASK_SUFFIX} in {masks_dir}")
     score = functools.partial(_score, cutoff=math.floor(threshold * 255), steps=steps)
     totals = np.zeros(len(steps))
     for dices in track(imap_unordered(score, pairs, workers), len(pairs), f"post-processing {oof_dir}"):

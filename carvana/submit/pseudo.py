@@ -58,11 +58,11 @@ def mask_gif(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _check_sizes(ids: list[str], pred_dir: Path, images_dir: Path) -> None:
-    """Every map must be a whole PNG the size of its JPEG, both read from their headers before anything is
-    written."""
-    for image_id in ids:
-        path, jpeg = runs.map_path(pred_dir, image_id), image_path(images_dir, image_id)
+def _check_sizes(files: dict[str, Path], images_dir: Path) -> None:
+    """Every map must be a whole file the size of its JPEG, both read from their headers before anything
+    is written."""
+    for image_id, path in files.items():
+        jpeg = image_path(images_dir, image_id)
         try:
             with Image.open(jpeg) as image:  # reads the header only
                 size = image.size[::-1]
@@ -72,11 +72,12 @@ def _check_sizes(ids: list[str], pred_dir: Path, images_dir: Path) -> None:
 
 
 def _select(
-    image_id: str, pred_dir: Path, images_dir: Path, out_root: Path, max_uncertain: float, cutoff: int
+    job: tuple[str, Path], images_dir: Path, out_root: Path, max_uncertain: float, cutoff: int
 ) -> tuple[str, float, bool]:
-    """(id, uncertain share, kept); a kept image's mask is written before its JPEG, so that a JPEG in
-    ``train/`` always has its mask, even after a crash."""
-    prob = runs.read_map(runs.map_path(pred_dir, image_id))
+    """(id, uncertain share, kept) of one (id, map file); a kept image's mask is written before its JPEG,
+    so that a JPEG in ``train/`` always has its mask, even after a crash."""
+    image_id, path = job
+    prob = runs.read_map(path)
     share = confidence(prob)
     if share > max_uncertain:
         return image_id, share, False
@@ -97,7 +98,7 @@ def select_and_write(
     """Write the confident predictions of ``pred_dir`` as pseudo-labelled pairs under ``out_root``.
 
     Keeps the images whose uncertain share is <= ``max_uncertain``: ``train/<id>.jpg`` (hard link to
-    ``images_dir/<id>.jpg``, or a copy), ``train_masks/<id>_mask.gif`` (PNG > threshold*255, as in the
+    ``images_dir/<id>.jpg``, or a copy), ``train_masks/<id>_mask.gif`` (map > threshold*255, as in the
     submission) and ``pseudo.csv`` (id, uncertain share). ``out_root`` must not hold pairs already, so
     that two selections never mix; bad input is refused before it is created. Returns the kept ids,
     sorted; ``workers=0`` uses every CPU.
@@ -106,7 +107,8 @@ def select_and_write(
     check_fraction("max_uncertain", max_uncertain)
     check_fraction("threshold", threshold)
     check_workers(workers)
-    ids = runs.input_map_ids(pred_dir)
+    files = runs.input_maps(pred_dir)
+    ids = list(files)
     check_folder(images_dir)
     jpegs = {entry.name for entry in os.scandir(images_dir)}
     missing = [image_id for image_id in ids if f"{image_id}{IMAGE_SUFFIX}" not in jpegs]
@@ -120,19 +122,19 @@ def select_and_write(
     for folder in folders:
         if folder.is_dir() and any(os.scandir(folder)):
             raise CarvanaError(f"{folder} is not empty; write pseudo-labels to a new folder or delete it")
-    _check_sizes(ids, pred_dir, images_dir)
+    _check_sizes(files, images_dir)
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
 
     select = functools.partial(
         _select,
-        pred_dir=pred_dir,
         images_dir=images_dir,
         out_root=out_root,
         max_uncertain=max_uncertain,
         cutoff=math.floor(threshold * 255),
     )
-    results = list(track(imap_unordered(select, ids, workers), len(ids), f"pseudo-labels {out_root}"))
+    jobs = list(files.items())
+    results = list(track(imap_unordered(select, jobs, workers), len(jobs), f"pseudo-labels {out_root}"))
     kept = sorted((image_id, share) for image_id, share, keep in results if keep)
     atomic_write_text(out_root / CSV, "id,uncertain\n" + "".join(f"{i},{s:.6g}\n" for i, s in kept))
     if kept:

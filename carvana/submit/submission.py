@@ -4,7 +4,7 @@ The prediction folder holds one map per test image (``carvana.runs``): 8-bit pro
 at the image's original resolution, ``image_id`` being the stem of the sample's ``img`` column.
 A full submission is 100,064 rows of about 12 kB each, so rows are streamed in sample order from worker
 processes, and the file only appears under its final name once it is complete. Every map is vetted first
-(present, a whole PNG, the right size: two small reads each), so bad input is refused before any writing.
+(present, a whole file, the right size: small reads each), so bad input is refused before any writing.
 """
 
 from __future__ import annotations
@@ -101,8 +101,7 @@ def _encode_map(paths: tuple[str, ...], settings: Settings) -> str:
     """RLE of one image's prediction map, or of the combination of its maps in several folders."""
     cutoff, postprocess, weights, vote = settings
     path = paths[0]
-    prob = ensemble.combine(paths, weights, vote) if len(paths) > 1 or vote else runs.read_map(path)
-    mask = prob > np.uint8(cutoff)
+    mask = ensemble.combined_mask(paths, weights, vote, cutoff)
     if postprocess is not None:
         out = np.asarray(postprocess(mask))
         if out.shape != mask.shape:
@@ -123,7 +122,7 @@ def _encode_map_in_worker(paths: tuple[str, ...]) -> str:
 
 
 def _check_sizes(paths: Sequence[tuple[str, ...]], shape: tuple[int, int] | None) -> None:
-    """Every map must be a whole PNG of ``shape``, or of the first row's map's size when None (a submission's
+    """Every map must be a whole file of ``shape``, or of the first row's map's size when None (a submission's
     masks are all the test images' size), read from their headers before anything is written."""
     reference = "the size asked for"
     if shape is None:
@@ -155,7 +154,7 @@ def write(
     ``workers=0`` uses every CPU, 1 encodes in this process; ``compress`` writes gzip to an ``out`` ending
     in .gz. ``pred_dir`` may be a list of prediction folders: each row is then their combination with
     ``weights`` and ``vote`` as ``carvana.submit.ensemble.average`` makes it, computed on the fly, so the rows
-    are those of averaging into a folder first, without encoding and decoding its maps (a fifth faster).
+    are those of averaging into a folder first, without encoding and decoding its maps: each map read once.
     """
     folders = [Path(pred_dir)] if isinstance(pred_dir, str | os.PathLike) else [Path(d) for d in pred_dir]
     sample_submission, out = Path(sample_submission), Path(out)
@@ -166,25 +165,25 @@ def write(
     norm = normalised_weights(weights, len(folders))
     if compress != out.name.endswith(".gz"):
         raise CarvanaError(f"output {out} must end in .gz exactly when compress is set (compress={compress})")
-    present = [runs.input_map_ids(folder) for folder in folders]
+    present = [runs.input_maps(folder) for folder in folders]
     images = read_sample(sample_submission)
     wanted = [_image_id(img) for img in images]
     for folder, found in zip(folders, present, strict=True):
         known = set(found)
-        missing = [f"{image_id}{runs.MAP_SUFFIX}" for image_id in wanted if image_id not in known]
+        missing = [image_id for image_id in wanted if image_id not in known]
         if missing and not subset:
             raise CarvanaError(
                 f"{len(missing)} of {len(images)} images in {sample_submission.name} have no "
                 f"prediction in {folder}, first: {', '.join(missing[:3])} (subset=True writes "
                 "only the rows present)"
             )
-        runs.finished_manifest(folder, found)
+        runs.finished_manifest(folder, list(found))
     shared = set(present[0]).intersection(*present[1:])
     rows = [img for img, image_id in zip(images, wanted, strict=True) if image_id in shared]
     if not rows:
         where = ", ".join(map(str, folders))
         raise CarvanaError(f"no prediction in {where} matches an image of {sample_submission.name}")
-    paths = [tuple(str(runs.map_path(folder, _image_id(img))) for folder in folders) for img in rows]
+    paths = [tuple(str(found[_image_id(img)]) for found in present) for img in rows]
     _check_sizes(paths, shape)
     workers = min(workers or available_cpus(), len(rows))
     settings: Settings = (math.floor(threshold * 255), postprocess, norm, vote)
@@ -290,7 +289,7 @@ class SubmissionStep:
         """Write and check the submission of ``pred_dir``, every map the size of ``first_id``'s; returns the
         line ``predict.py`` prints."""
         sample = self.sample_path(root)
-        shape = runs.read_map(runs.map_path(pred_dir, first_id)).shape
+        shape = runs.map_size(runs.map_files(pred_dir)[first_id])
         name = runs.SUBMISSION + (".gz" if self.compress else "")
         out = Path(self.out or pred_dir / name)
         write(
