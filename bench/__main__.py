@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import data_check, ensemble, gpu, loading, prediction, report, rle, training
+from bench import data_check, ensemble, gpu, loading, map_store, prediction, report, rle, training
 from bench.harness import Case, Settings
 from carvana.workers import available_cpus
 
@@ -24,6 +24,7 @@ CASES: dict[str, Callable[[Settings], Case]] = {
     "loading": loading.run,
     "prediction": prediction.run,
     "rle": rle.run,
+    "map_store": map_store.run,
     "ensemble": ensemble.run,
     "gpu": gpu.run,
     "data_check": data_check.run,

@@ -3,7 +3,7 @@ the project does, then print the process's peak RSS (VmHWM) as JSON.
 
 A fresh process per count: the peak is a high-water mark that never goes down, so two counts measured in
 one process would only show the larger. Predicting many images must not need more memory than predicting a
-few: maps go to the PngWriter's bounded queue, and ``return_predictions=False`` keeps none.
+few: maps go to the MapWriter's bounded queue, and ``return_predictions=False`` keeps none.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from bench.data import MEAN, STD, TINY, bare_trainer, conv_net
+from carvana import runs
 from carvana.data.geometry import Geometry
 from carvana.data.kaggle import Sample, list_images
-from carvana.predict.map_writer import PngWriter
+from carvana.predict.map_writer import MapWriter
 from carvana.predict.prediction_module import PredictionModule, predict_missing
 
 
@@ -31,10 +32,10 @@ def main(folder: Path, count: int) -> dict[str, float]:
     ]
     module = PredictionModule([conv_net(TINY)], Geometry(), list(MEAN), list(STD), hflip=True)
     with tempfile.TemporaryDirectory(prefix="carvana-bench-memory-") as out:
-        writer = PngWriter(out, threads=2)
+        writer = MapWriter(out, threads=2)
         trainer = bare_trainer(callbacks=[writer])
         done = predict_missing(trainer, module, samples, writer, 0.0, 2, 2)
-        written = len(list(Path(out).glob("*.png")))
+        written = len(runs.map_ids(out))
     assert done == written == count, (done, written, count)
     return {"images": count, "peak_rss_mb": peak_rss_mb()}
 

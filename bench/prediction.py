@@ -1,15 +1,15 @@
-"""Case 3: full-resolution hflip-TTA prediction, PNGs written, against its bare compute and against ttach.
+"""Case 3: full-resolution hflip-TTA prediction, maps written, against its bare compute and against ttach.
 
 Project: ``carvana.predict.prediction_module.predict_missing`` (``PredictionModule`` with batched hflip
-TTA, ``PngWriter`` threads) under ``trainer.predict``, with ``conf/predict.yaml``'s batch size, workers and
-writer threads. Bare: only the two forward passes per batch (plain and flipped) on tensors already decoded,
-normalised and in memory. ttach: the loop a user writes with ``ttach.SegmentationTTAWrapper`` over the same
-DataLoader, saving each PNG with cv2.imwrite as it comes. All three are timed from the end of their first
-batch to the last PNG on disk (or the last pass), so worker start-up and the first oneDNN kernels are outside
-the window.
+TTA, ``MapWriter`` threads writing .zst maps) under ``trainer.predict``, with ``conf/predict.yaml``'s batch
+size, workers and writer threads. Bare: only the two forward passes per batch (plain and flipped) on tensors
+already decoded, normalised and in memory. ttach: the loop a user writes with ``ttach.SegmentationTTAWrapper``
+over the same DataLoader, saving each PNG with cv2.imwrite as it comes. All three are timed from the end of
+their first batch to the last map on disk (or the last pass), so worker start-up and the first oneDNN kernels
+are outside the window.
 
 On this CPU a full-resolution pass of a real network takes seconds per image, so the network is
-``bench.data.conv_net``: the overheads (decode, TTA arithmetic, restoring, PNG encoding) weigh more against
+``bench.data.conv_net``: the overheads (decode, TTA arithmetic, restoring, map encoding) weigh more against
 it than against a real model, which makes the ratios conservative.
 """
 
@@ -46,11 +46,12 @@ from bench.data import (
     scaled_copies,
 )
 from bench.harness import Case, Comparison, Settings, compare, interleave
+from carvana import runs
 from carvana.data.datasets import CarvanaDataset
 from carvana.data.geometry import Geometry
 from carvana.data.kaggle import Sample, test_samples
 from carvana.models import NetworkInput
-from carvana.predict.map_writer import PngWriter
+from carvana.predict.map_writer import MapWriter
 from carvana.predict.prediction_module import PredictionModule, predict_missing
 
 BATCH, WORKERS, WRITER_THREADS = (
@@ -61,8 +62,8 @@ BATCH, WORKERS, WRITER_THREADS = (
 
 
 class BatchClock(pl.Callback):
-    """The time at the end of each batch, and at the end of predict: listed after the PngWriter, it runs
-    after the writer has drained its threads, i.e. once every PNG is on disk."""
+    """The time at the end of each batch, and at the end of predict: listed after the MapWriter, it runs
+    after the writer has drained its threads, i.e. once every map is on disk."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -90,7 +91,7 @@ def after_first_batch(count: int, first: float, last: float) -> float:
 def project(net: nn.Module, samples: list[Sample], out: Path) -> float:
     """The project's prediction path, exactly as predict.py drives it."""
     module = PredictionModule([net], Geometry(), list(MEAN), list(STD), hflip=True)
-    writer, clock = PngWriter(out, threads=WRITER_THREADS), BatchClock()
+    writer, clock = MapWriter(out, threads=WRITER_THREADS), BatchClock()
     trainer = bare_trainer(callbacks=[writer, clock])
     predict_missing(trainer, module, samples, writer, 0.0, BATCH, WORKERS)
     return after_first_batch(len(samples), clock.times[0], clock.times[-1])
@@ -137,19 +138,19 @@ def agree(net: nn.Module, samples: list[Sample], project_dir: Path, ttach_dir: P
     mine = PredictionModule([net], Geometry(), list(MEAN), list(STD))(batch["image"])
     model = ttach.SegmentationTTAWrapper(nn.Sequential(net, nn.Sigmoid()), ttach.aliases.hflip_transform())
     theirs = model(normalise(batch["image"]))
-    pngs = [(project_dir / f"{s.image_id}.png", ttach_dir / f"{s.image_id}.png") for s in samples]
-    written = all(a.is_file() and b.is_file() for a, b in pngs)
+    pairs = [(runs.map_path(project_dir, s.image_id), ttach_dir / f"{s.image_id}.png") for s in samples]
+    written = all(a.is_file() and b.is_file() for a, b in pairs)
     same = written and all(
-        np.abs(cv2.imread(str(a), 0).astype(int) - cv2.imread(str(b), 0)).max() <= 1 for a, b in pngs
+        np.abs(runs.read_map(a).astype(int) - cv2.imread(str(b), 0)).max() <= 1 for a, b in pairs
     )
-    return {"tta_equals_ttach": torch.allclose(mine, theirs, atol=1e-6), "pngs_equal_ttach": same}
+    return {"tta_equals_ttach": torch.allclose(mine, theirs, atol=1e-6), "maps_equal_ttach": same}
 
 
 def peak_memory(folder: Path, counts: tuple[int, int], repeats: int) -> Comparison:
     """Peak RSS of fresh processes predicting ``counts[0]`` and ``counts[1]`` images of ``folder``
     (bench.memory_probe), a pair per repeat."""
     names = [f"{count} images" for count in counts]
-    runs: dict[str, list[float]] = {name: [] for name in names}
+    figures: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         # Side by side: a process's peak RSS does not depend on what runs beside it.
         probes = [
@@ -165,8 +166,8 @@ def peak_memory(folder: Path, counts: tuple[int, int], repeats: int) -> Comparis
             out, err = probe.communicate()
             if probe.returncode:
                 raise RuntimeError(f"{' '.join(probe.args)} failed ({probe.returncode}): {err[-2000:]}")
-            runs[name].append(json.loads(out.splitlines()[-1])["peak_rss_mb"])
-    return compare(f"peak RSS, {names[1]} vs {names[0]}", "MB", runs, names[1], names[0], 1.1, "<=")
+            figures[name].append(json.loads(out.splitlines()[-1])["peak_rss_mb"])
+    return compare(f"peak RSS, {names[1]} vs {names[0]}", "MB", figures, names[1], names[0], 1.1, "<=")
 
 
 @torch.inference_mode()
@@ -184,7 +185,7 @@ def input_cost(images: list[torch.Tensor]) -> float:
 
 
 def run(settings: Settings) -> Case:
-    case = Case("prediction", "Prediction: hflip TTA at 1280x1920 (padded 1918x1280), PNGs written")
+    case = Case("prediction", "Prediction: hflip TTA at 1280x1920 (padded 1918x1280), maps written")
     if settings.smoke:
         scaled = scaled_copies(real_samples(4), settings.scratch / "small", (320, 480))
         samples = [Sample(s.image_id, s.image) for s in scaled]
@@ -205,8 +206,8 @@ def run(settings: Settings) -> Case:
         outputs[name] = settings.scratch / f"{name}{next(fresh)}"
         return predict(net, samples, outputs[name])
 
-    mine, passes, theirs = "PredictionModule + PngWriter", "two bare forward passes", "ttach loop"
-    runs = interleave(
+    mine, passes, theirs = "PredictionModule + MapWriter", "two bare forward passes", "ttach loop"
+    figures = interleave(
         {
             mine: lambda: writing("project", project),
             passes: lambda: bare(net, batches),
@@ -215,8 +216,8 @@ def run(settings: Settings) -> Case:
         settings,
     )
     case.checks = agree(net, samples, outputs["project"], outputs["ttach"])
-    head = compare("vs bare forward passes", "images/s", runs, mine, passes, 0.9)
-    case.comparisons += [head, compare("vs ttach", "images/s", runs, mine, theirs)]
+    head = compare("vs bare forward passes", "images/s", figures, mine, passes, 0.97)
+    case.comparisons += [head, compare("vs ttach", "images/s", figures, mine, theirs)]
     counts, size = ((4, 12), (160, 256)) if settings.smoke else ((50, 500), (640, 960))
     scaled = scaled_copies(real_samples(8 if settings.smoke else 24), settings.scratch / "scaled", size)
     folder = scaled[0].image.parent
@@ -234,7 +235,7 @@ def run(settings: Settings) -> Case:
         f"per image: {1e3 / head.project:.0f} ms for the project against {1e3 / head.baseline:.0f} ms for "
         f"the bare passes, {1e3 * overhead:.0f} ms more; normalising the uint8 batch and making its flipped "
         f"copy take {1e3 * prepare:.0f} ms on the compute thread, timed on their own. JPEG decoding "
-        "(DataLoader workers) and PNG encoding (writer threads) run beside the passes."
+        "(DataLoader workers) and map encoding (writer threads) run beside the passes."
     )
     fraction = "a fortieth" if settings.smoke else "a tenth"
     case.setup = {
@@ -242,7 +243,7 @@ def run(settings: Settings) -> Case:
         "images": f"{len(samples)} at 320x480"
         if settings.smoke
         else f"{len(samples)} real test JPEGs, 1918x1280",
-        "batch": f"{BATCH} and its flipped copy; {WORKERS} DataLoader workers; {WRITER_THREADS} PNG threads",
+        "batch": f"{BATCH} and its flipped copy; {WORKERS} loader workers; {WRITER_THREADS} writer threads",
         "memory": f"{size[0]}x{size[1]} copies of real images (full resolution would take too long), each "
         "count in a fresh process; peak = VmHWM of the predicting process (DataLoader workers excluded)",
     }

@@ -83,9 +83,10 @@ def test_gpu_case_is_skipped_with_a_reason_without_cuda(smoke):
     [
         ("training", {"same_losses"}),
         ("loading", {"images_equal_flip0", "masks_equal_flip0", "images_equal_flip1", "masks_equal_flip1"}),
-        ("prediction", {"tta_equals_ttach", "pngs_equal_ttach"}),
+        ("prediction", {"tta_equals_ttach", "maps_equal_ttach"}),
         ("rle", {"identical_strings"}),
-        ("ensemble", {"fused_rows_equal_reference", "two_steps_rows_equal_reference"}),
+        ("map_store", {"lossless"}),
+        ("ensemble", {"zst_rows_equal_reference", "png_rows_equal_reference"}),
         ("data_check", {"no_problems_on_real_files", "one_problem_naming_truncated_jpeg"}),
     ],
 )
