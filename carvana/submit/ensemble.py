@@ -51,30 +51,26 @@ def _read_all(paths: Sequence[str | Path]) -> Iterator[np.ndarray]:
         yield prob
 
 
-def sum_maps(probs: Iterable[np.ndarray], count: int) -> np.ndarray:
-    """The exact integer sum of ``count`` uint8 maps: uint16 (uint32 past 257 maps).
+def sum_maps(probs: Iterable[np.ndarray]) -> np.ndarray:
+    """The exact sum of uint8 maps as float32 (integers up to 2**24 are exact: 65,793 maps).
 
-    Maps are widened in pairs by OpenCV's SIMD 8u + 8u -> 16u add, then summed in the wide type: faster
-    than numpy's casting uint16 += uint8 or a float32 accumulator, each of which costs more than reading a
-    .zst map (bench/results.md, ensemble).
+    OpenCV's in-place ``accumulate`` (8u into 32f, SIMD) beat numpy's casting uint16 += uint8 by 1.1x and
+    OpenCV's 8u + 8u -> 16u pairs by 1.65x (bench/results.md, ensemble): summing, not reading a .zst map,
+    is the larger cost of an ensemble row.
     """
-    wide = np.uint16 if 255 * count <= 0xFFFF else np.uint32
-    acc, odd = None, None
+    acc = None
     for prob in probs:
-        if odd is None:
-            odd = prob
-            continue
-        pair, odd = cv2.add(odd, prob, dtype=cv2.CV_16U), None
-        acc = pair.astype(wide, copy=False) if acc is None else np.add(acc, pair, out=acc)
-    if odd is not None:
-        acc = odd.astype(wide) if acc is None else np.add(acc, odd, out=acc)
+        if acc is None:
+            acc = prob.astype(np.float32)
+        else:
+            cv2.accumulate(prob, acc)
     assert acc is not None, "a sum needs at least one map"
     return acc
 
 
 def total(paths: Sequence[str | Path]) -> np.ndarray:
     """The exact integer sum of the maps at ``paths``, each read once (``sum_maps``)."""
-    return sum_maps(_read_all(paths), len(paths))
+    return sum_maps(_read_all(paths))
 
 
 def _weighted(paths: Sequence[str | Path], weights: Sequence[float], vote: bool) -> np.ndarray:
@@ -96,8 +92,8 @@ def combine(paths: Sequence[str | Path], weights: Sequence[float], vote: bool = 
     float32, and exact on ties, which float32 sums of 1/K miss by ~1e-7 either way.
     """
     if len(set(weights)) == 1:
-        sums = _weighted(paths, [1.0] * len(paths), True).astype(np.uint32) if vote else total(paths)
-        return _equal_weights_table(len(paths), vote)[sums]
+        sums = _weighted(paths, [1.0] * len(paths), True) if vote else total(paths)
+        return _equal_weights_table(len(paths), vote)[sums.astype(np.uint32)]
     acc = _weighted(paths, weights, vote)
     if vote:
         return (acc >= np.float32(0.5 - _TIE)).view(np.uint8) * np.uint8(255)
