@@ -27,7 +27,8 @@ OmegaConf.register_new_resolver("eq", lambda a, b: str(a) == str(b), replace=Tru
 
 def native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX). Without either, oneDNN emulates it
-    and a bf16-autocast training step is about 14x slower than fp32 (an AVX2 EPYC, bench/quality.md)."""
+    and a bf16-autocast training step is about 14x slower than fp32 (an AVX2 EPYC; README, Quality per
+    CPU-minute)."""
     import torch
 
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -54,9 +54,9 @@ def _read_all(paths: Sequence[str | Path]) -> Iterator[np.ndarray]:
 def sum_maps(probs: Iterable[np.ndarray]) -> np.ndarray:
     """The exact sum of uint8 maps as float32 (integers up to 2**24 are exact: 65,793 maps).
 
-    OpenCV's in-place ``accumulate`` (8u into 32f, SIMD) beat numpy's casting uint16 += uint8 by 1.1x and
-    OpenCV's 8u + 8u -> 16u pairs by 1.65x (bench/results.md, ensemble): summing, not reading a .zst map,
-    is the larger cost of an ensemble row.
+    OpenCV's in-place ``accumulate`` (8u into 32f) runs as fast as numpy's casting uint16 += uint8 and 2.4x
+    OpenCV's 8u + 8u -> 16u pairs, whose outputs are new arrays (bench/results.md, ensemble); summing, not
+    reading a .zst map, is the larger cost of an ensemble row after the read.
     """
     acc = None
     for prob in probs:
