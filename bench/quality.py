@@ -252,13 +252,16 @@ def markdown(data: dict) -> str:
         "",
         f"Difference (recipe - plain): **{ours['dice'] - plain['dice']:+.5f}**.",
         "",
-        f"LinkNet-34 training step, batch 8, ms per image (median of 3){bf16_note}:",
-        "",
-        "| step | ms per image | vs fp32 at 256 px |",
-        "|---|---|---|",
-        *(f"| {name} | {ms:.1f} | {speed['fp32'] / ms:.2f}x |" for name, ms in speed.items()),
-        "",
     ]
+    if speed:
+        lines += [
+            f"LinkNet-34 training step, batch 8, ms per image (median of the timed steps){bf16_note}:",
+            "",
+            "| step | ms per image | vs fp32 at 256 px |",
+            "|---|---|---|",
+            *(f"| {name} | {ms:.1f} | {speed['fp32'] / ms:.2f}x |" for name, ms in speed.items()),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -292,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path(ROOT), help="a Kaggle-layout folder (small512)")
     parser.add_argument("--cars", type=int, help="use only the first N cars (smoke runs)")
     parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--step-repeats", type=int, default=3, help="timed steps per variant; 0 skips them")
     parser.add_argument(
         "--ablation", action="store_true", help="the recipe without each main choice (ablation.md, .json)"
     )
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / "ablation.md").write_text(ablation_markdown(data))
             print(ablation_markdown(data))
             return 0
-        data["step_ms_per_image"] = step_speed()
+        data["step_ms_per_image"] = step_speed(args.step_repeats) if args.step_repeats else {}
         print(f"step ms/image: {data['step_ms_per_image']}", flush=True)
         data["plain"] = plain_loop(train, val, args.minutes)
         print(f"plain loop: Dice {data['plain']['dice']:.5f}", flush=True)

@@ -156,7 +156,7 @@ def test_any_prediction_folder_gets_a_gallery_beside_it(case, tmp_path):
     oof, masks = case
     blend = tmp_path / "predictions" / "blend"
     blend.mkdir(parents=True)
-    for path in oof.glob("*.png"):
+    for path in oof.glob("*.zst"):
         (blend / path.name).write_bytes(path.read_bytes())
     (masks.parent / "metadata.csv").unlink()  # optional: the car columns stay empty
     worst, sheet_path, _ = gallery(blend, masks, k=20, images_dir=masks.parent / "train", workers=1)

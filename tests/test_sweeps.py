@@ -72,7 +72,7 @@ def test_fold_grid_prints_and_writes_the_cv_table(grid):
     assert fold_folders(outputs) == runs
     dice = [best(run) for run in runs]
     for run in runs:  # each fold's validation cars predicted at its end, into its own folder
-        assert oof_score(run)["images"] == 16 and len(list((run / "oof").glob("*.png"))) == 16
+        assert oof_score(run)["images"] == 16 and len(list((run / "oof").glob("*.zst"))) == 16
     pooled = oof.pooled_dice(runs)
     mean, std = np.mean(dice), np.std(dice, ddof=1)
     row = f"| linknet18 | {dice[0]:.5f} | {dice[1]:.5f} | {mean:.5f} | {std:.5f} | 2/5 | {pooled:.5f} |  |"
@@ -152,7 +152,7 @@ def test_ddp_run_is_one_run_of_two_processes(tmp_path):
     assert result.stdout.count("best val/dice") == 1  # rank 0 alone reports
     (log,) = wandb_logs(run)  # rank 1 opened no W&B run
     score = oof_score(run)  # OOF on both ranks, written once
-    assert score["images"] == 16 and len(list((run / "oof").glob("*.png"))) == 16
+    assert score["images"] == 16 and len(list((run / "oof").glob("*.zst"))) == 16
     assert json.loads(summary(log)["oof/dice"]) == pytest.approx(score["dice"])
     assert json.loads(summary(log)["val/dice"])["max"] == pytest.approx(best(run))
 
