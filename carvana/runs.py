@@ -447,10 +447,13 @@ def _compressor() -> zstandard.ZstdCompressor:
     return _zstd.compressor
 
 
-def _read_zst(path: str | Path, data: memoryview) -> np.ndarray:
-    """A .zst map decompressed straight into a new (writable) array; its checksum checked."""
+def _read_zst(path: str | Path, data: memoryview, out: np.ndarray | None) -> np.ndarray:
+    """A .zst map decompressed straight into ``out`` where it fits, else a new (writable) array; its
+    checksum checked."""
     height, width = _zst_size(path, bytes(data[: _ZST_HEAD.size + len(_ZST_FRAME)]), len(data))
-    prob = np.empty((height, width), np.uint8)
+    prob = out
+    if prob is None or prob.shape != (height, width) or prob.dtype != np.uint8 or not prob.flags.c_contiguous:
+        prob = np.empty((height, width), np.uint8)
     try:
         with _decompressor().stream_reader(data[_ZST_HEAD.size :]) as reader:
             filled = reader.readinto(prob)
@@ -462,15 +465,17 @@ def _read_zst(path: str | Path, data: memoryview) -> np.ndarray:
     return prob
 
 
-def read_map(path: str | Path) -> np.ndarray:
+def read_map(path: str | Path, out: np.ndarray | None = None) -> np.ndarray:
     """A probability map as uint8 (H, W) (v means v/255), from a .zst or a PNG file, or one error line
-    naming the file."""
+    naming the file. A .zst map is decompressed into ``out`` when it is a contiguous uint8 array of the
+    map's size (a PNG always into a new one): a fresh 2.5 MB array costs about as much in page faults as
+    decompressing into it, so the ensemble keeps its buffers from image to image."""
     try:
         data = memoryview(Path(path).read_bytes())
     except OSError as error:
         raise _unreadable(path, error) from None
     if str(path).endswith(MAP_FORMATS["zst"]):
-        return _read_zst(path, data)
+        return _read_zst(path, data, out)
     _check_chunks(path, data)
     prob = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if prob is None:

@@ -3,10 +3,14 @@ every pool sizes itself to ``available_cpus``, the CPUs this process may use rat
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from multiprocessing.pool import Pool
+from typing import Any, TypeVar
+
+import cv2
 
 from carvana.errors import CarvanaError
 
@@ -29,6 +33,31 @@ def available_cpus() -> int:
     return cpus
 
 
+def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+    if cv2.getNumThreads() != 1:  # a spawned or forkserver worker; a forked one inherits 1 from ``pool``
+        cv2.setNumThreads(1)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+@contextlib.contextmanager
+def pool(
+    workers: int, initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = ()
+) -> Iterator[Pool]:
+    """A process pool whose workers run OpenCV on one thread each: the pool already spreads the images over
+    every CPU, and OpenCV's own threads in each worker time-slice against the other workers (the K=10
+    ensemble ran 1.5x slower per process in a pool of 2 than alone, bench/results.md). This process runs
+    OpenCV on one thread too while the pool lives: forked workers inherit the setting, and changing it in
+    a forked worker, once this process has started OpenCV's threads, hangs."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with multiprocessing.Pool(workers, _start_worker, (initializer, initargs)) as processes:
+            yield processes
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def imap_unordered(func: Callable[[T], R], items: Sequence[T], workers: int = 0) -> Iterator[R]:
     """``func`` over ``items`` in ``workers`` processes (0 = one per available CPU, never more than items), in
     the order they finish; with one worker plain ``map`` in this process, which keeps tracebacks and profiles
@@ -37,5 +66,6 @@ def imap_unordered(func: Callable[[T], R], items: Sequence[T], workers: int = 0)
     if workers == 1:
         yield from map(func, items)
         return
-    with multiprocessing.Pool(workers) as pool:
-        yield from pool.imap_unordered(func, items, chunksize=max(1, min(16, len(items) // (workers * 4))))
+    chunksize = max(1, min(16, len(items) // (workers * 4)))
+    with pool(workers) as processes:
+        yield from processes.imap_unordered(func, items, chunksize=chunksize)

@@ -10,9 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from carvana import runs
 from carvana.errors import CarvanaError
 from carvana.runs import read_map
-from carvana.submit.ensemble import average
+from carvana.submit.ensemble import average, combined_mask, total
+from carvana.workers import imap_unordered
 from tests.conftest import REPO
 
 IDS = [f"0a1b2c3d4e5f_{angle:02d}" for angle in range(1, 7)]
@@ -72,6 +74,40 @@ def test_equal_weights_round_exact_ties_up(tmp_path):
         assert cv2.imwrite(str(folders[-1] / f"{IDS[0]}.png"), values if k < 5 else values + 1)
     out = average(folders, tmp_path / "out", workers=1)
     np.testing.assert_array_equal(read(out / f"{IDS[0]}.zst"), values + 1)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 10, 11, 257, 258, 259])
+def test_total_is_the_exact_sum_at_every_count(tmp_path, count):
+    """Pairs, an odd map left over, the uint16 sum up to 257 maps of 255 and int32 beyond; maps of two sizes
+    one after the other, so that the kept buffers must follow the size."""
+    rng = np.random.default_rng(count)
+    for shape in (SHAPE, (SHAPE[0] + 3, SHAPE[1] - 5)):
+        maps = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(count)]
+        for prob in maps:
+            prob[0, 0] = 255
+        paths = [
+            runs.write_map(tmp_path / f"{shape[0]}_{k}", IDS[0], prob, ("zst", "png")[k % 2])
+            for k, prob in enumerate(maps)
+        ]
+        expected = np.sum(np.stack(maps).astype(np.int64), axis=0)
+        np.testing.assert_array_equal(total(paths).astype(np.int64), expected)
+        mean = (2 * expected + count) // (2 * count)  # rounded half up
+        np.testing.assert_array_equal(combined_mask(paths, [1 / count] * count, False, 127), mean > 127)
+
+
+def _blurred_sum(seed: int) -> int:
+    prob = np.random.default_rng(seed).integers(0, 256, (256, 256), dtype=np.uint8)
+    return int(cv2.GaussianBlur(prob, (0, 0), 3).sum())
+
+
+@pytest.mark.timeout(60)
+def test_worker_pool_after_opencv_threads_ran_here():
+    """OpenCV's thread count changed inside a forked worker, once this process has run OpenCV's threads,
+    hangs: the pool sets it here instead, and gives it back."""
+    threads = cv2.getNumThreads()
+    expected = sorted(_blurred_sum(seed) for seed in range(4))  # runs OpenCV's threads in this process
+    assert sorted(imap_unordered(_blurred_sum, list(range(4)), workers=2)) == expected
+    assert cv2.getNumThreads() == threads
 
 
 def test_weights_are_normalised_and_zero_means_ignored(folders, tmp_path):

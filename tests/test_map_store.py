@@ -88,6 +88,19 @@ def test_map_round_trip_is_lossless(tmp_path):
     assert raw == prob.tobytes()
 
 
+def test_read_map_fills_a_buffer_only_where_it_fits(tmp_path):
+    prob = maps(0)[IDS[0]]
+    zst, png = (runs.write_map(tmp_path, "a", prob, fmt) for fmt in ("zst", "png"))
+    fits = np.zeros(SHAPE, np.uint8)
+    assert runs.read_map(zst, fits) is fits
+    np.testing.assert_array_equal(fits, prob)
+    for other in (np.zeros((SHAPE[0] + 1, SHAPE[1]), np.uint8), np.zeros(SHAPE, np.uint16), fits.T, None):
+        got = runs.read_map(zst, other)
+        assert got is not other
+        np.testing.assert_array_equal(got, prob)
+    assert runs.read_map(png, fits) is not fits  # a PNG decodes into its own array
+
+
 def test_every_reader_gives_the_same_result_from_png_and_zst(world, tmp_path):
     data, folders = world["data"], world["folders"]
     results = {}

@@ -12,7 +12,8 @@ import argparse
 import functools
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -40,8 +41,35 @@ def _equal_weights_table(count: int, vote: bool) -> np.ndarray:
     return ((2 * sums + count) // (2 * count)).astype(np.uint8)  # the mean, rounded half up
 
 
+class _Buffers(threading.local):
+    """This thread's arrays, kept from image to image: a fresh 2.5-5 MB array costs more in page faults
+    than the add that fills it (a K=10 sum ran 4.5 ms with new arrays, ~1.4 ms with these)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+        array = self.arrays.get(name)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = self.arrays[name] = np.empty(shape, dtype)
+        return array
+
+    def read(
+        self, path: str | Path, name: str, shape: tuple[int, ...] | None, first: str | Path
+    ) -> np.ndarray:
+        """The map at ``path`` read into the buffer ``name``; it must be ``shape``, the size of ``first``."""
+        prob = runs.read_map(path, self.arrays.get(name))
+        self.arrays[name] = prob
+        if shape is not None:
+            check_shape(Path(path).stem, path, prob.shape, shape, f"the size of {first}")
+        return prob
+
+
+_buffers = _Buffers()
+
+
 def _read_all(paths: Sequence[str | Path]) -> Iterator[np.ndarray]:
-    """The maps at ``paths`` one by one, each the size of the first."""
+    """The maps at ``paths`` one by one, each the size of the first, in a new array each."""
     shape = None
     for path in paths:
         prob = runs.read_map(path)
@@ -51,26 +79,35 @@ def _read_all(paths: Sequence[str | Path]) -> Iterator[np.ndarray]:
         yield prob
 
 
-def sum_maps(probs: Iterable[np.ndarray]) -> np.ndarray:
-    """The exact sum of uint8 maps as float32 (integers up to 2**24 are exact: 65,793 maps).
-
-    OpenCV's in-place ``accumulate`` (8u into 32f) runs as fast as numpy's casting uint16 += uint8 and 2.4x
-    OpenCV's 8u + 8u -> 16u pairs, whose outputs are new arrays (bench/results.md, ensemble); summing, not
-    reading a .zst map, is the larger cost of an ensemble row after the read.
-    """
-    acc = None
-    for prob in probs:
-        if acc is None:
-            acc = prob.astype(np.float32)
-        else:
-            cv2.accumulate(prob, acc)
-    assert acc is not None, "a sum needs at least one map"
-    return acc
-
-
 def total(paths: Sequence[str | Path]) -> np.ndarray:
-    """The exact integer sum of the maps at ``paths``, each read once (``sum_maps``)."""
-    return sum_maps(_read_all(paths))
+    """The exact sum of the maps at ``paths``, each read once: uint16 up to 257 maps (257 * 255 < 2**16),
+    int32 beyond. The sum is this thread's buffer, overwritten by its next call: copy it to keep it.
+
+    Maps are added in pairs, OpenCV's 8u + 8u -> 16u add, and each pair into the sum: faster than OpenCV's
+    8u-into-32f ``accumulate`` and numpy's casting uint16 += uint8 (bench/results.md, ensemble).
+    """
+    assert paths, "a sum needs at least one map"
+    first = paths[0]
+    dtype, depth = (np.uint16, cv2.CV_16U) if len(paths) <= 257 else (np.int32, cv2.CV_32S)
+    acc: np.ndarray | None = None
+    pending = iter(paths)
+    for path in pending:
+        prob = _buffers.read(path, "a", None if acc is None else acc.shape, first)
+        shape = prob.shape
+        other = next(pending, None)
+        summand = prob
+        if other is not None:
+            second = _buffers.read(other, "b", shape, first)
+            target = _buffers.get("sum" if acc is None else "pair", shape, dtype)
+            summand = cv2.add(prob, second, dst=target, dtype=depth)
+        if acc is None:
+            acc = _buffers.get("sum", shape, dtype)
+            if summand is not acc:
+                np.copyto(acc, summand)
+        else:
+            cv2.add(acc, summand, dst=acc, dtype=depth)
+    assert acc is not None
+    return acc
 
 
 def _weighted(paths: Sequence[str | Path], weights: Sequence[float], vote: bool) -> np.ndarray:
@@ -104,11 +141,12 @@ def combined_mask(
     paths: Sequence[str | Path], weights: Sequence[float], vote: bool, cutoff: int
 ) -> np.ndarray:
     """``combine(paths, weights, vote) > cutoff``, without the mean map where the weights are equal: the
-    rounded mean of K maps exceeds c exactly when their sum reaches ceil(K (2c + 1) / 2)."""
+    rounded mean of K maps exceeds c exactly when their sum reaches ceil(K (2c + 1) / 2). The mask is this
+    thread's buffer, overwritten by its next call (a submission encodes it at once)."""
     if len(set(weights)) == 1 and not vote:
-        if len(paths) == 1:
-            return runs.read_map(paths[0]) > np.uint8(cutoff)
-        return total(paths) >= (len(paths) * (2 * cutoff + 1) + 1) // 2
+        sums = total(paths)
+        mask = _buffers.get("mask", sums.shape, np.bool_)
+        return np.greater_equal(sums, (len(paths) * (2 * cutoff + 1) + 1) // 2, out=mask)
     return combine(paths, weights, vote) > np.uint8(cutoff)
 
 

@@ -17,7 +17,6 @@ import gzip
 import io
 import logging
 import math
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +38,7 @@ from carvana.errors import (
 from carvana.files import atomic_path, temp_files
 from carvana.progress import track
 from carvana.submit import ensemble, rle
-from carvana.workers import available_cpus
+from carvana.workers import available_cpus, pool
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +198,9 @@ def write(
             if workers == 1:
                 encoded = map(functools.partial(_encode_map, settings=settings), paths)
             else:
-                pool = stack.enter_context(multiprocessing.Pool(workers, _init_worker, (settings,)))
+                processes = stack.enter_context(pool(workers, _init_worker, (settings,)))
                 chunksize = max(1, min(32, len(paths) // (workers * 4)))
-                encoded = pool.imap(_encode_map_in_worker, paths, chunksize=chunksize)
+                encoded = processes.imap(_encode_map_in_worker, paths, chunksize=chunksize)
             text.write(HEADER + "\n")
             for img, row_rle in zip(rows, track(encoded, len(rows), f"submission {out}"), strict=True):
                 text.write(f"{img},{row_rle}\n")
