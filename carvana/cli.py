@@ -29,6 +29,7 @@ COMMANDS = {
     "pseudo": ("carvana.submit.pseudo", "turn confident test maps into pseudo-labelled training pairs"),
     "report": ("carvana.evaluate.cv_report", "the cross-validation table of a folder of runs"),
     "lb": ("carvana.evaluate.leaderboard", "record a submission's Kaggle score beside its experiment's CV"),
+    "select": ("carvana.evaluate.selection", "ensemble weights, threshold, post-processing chosen on OOF"),
     "refine": ("carvana.evaluate.second_level", "the second level's OOF Dice against its sources' mean"),
     "status": ("carvana.evaluate.status", "every fold, prediction folder and submission: done, running..."),
     "gallery": ("carvana.evaluate.gallery", "the K lowest-Dice images of a prediction folder, drawn"),

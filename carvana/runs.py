@@ -23,6 +23,9 @@ layout or the map format is spelled here and nowhere else in the package::
       heartbeat.json                       predict.py's pulse: the image count and checkpoints too
       submission.csv                       predict.py's submission
 
+    selection.yaml                         carvana select: ensemble weights of experiments, threshold
+                                           and post-processing chosen on their pooled OOF maps
+
 Each file is written whole or not at all (``carvana.files``).
 """
 
@@ -71,6 +74,8 @@ HEARTBEAT = "heartbeat.json"  # a training or prediction process's pulse (carvan
 OOF_WORST = "oof_worst"  # carvana gallery of <run>/oof: overlays in <run>/oof_worst/, <run>/oof_worst.png
 WORST_SUFFIX = "_worst"  # carvana gallery of any other prediction folder: <folder>_worst/, <folder>_worst.png
 WORST_LIST = "worst.csv"  # the gallery's images, worst first, in its folder
+SELECTION = "selection.yaml"  # carvana select's output, read by carvana ensemble / submission --selection
+POSTPROCESS_STEPS = {"largest_component": bool, "min_size": int, "fill_holes": bool}
 FOLD_DIR = re.compile(r"fold(\d+)")
 
 # The manifest entries that decide a prediction folder's maps: one made otherwise is never continued.
@@ -181,6 +186,48 @@ def read_json(path: str | Path) -> Record:
 def write_json(path: str | Path, record: Mapping[str, Any]) -> Path:
     """A JSON record, indented, written whole."""
     return atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def write_selection(path: str | Path, record: Mapping[str, Any]) -> Path:
+    """A selection file (YAML, plain data), written whole; ``read_selection`` checks what it reads."""
+    import yaml  # PyYAML comes with omegaconf; only this file format needs it here
+
+    return atomic_write_text(path, "# carvana select\n" + yaml.safe_dump(dict(record), sort_keys=False))
+
+
+def read_selection(path: str | Path) -> Record:
+    """A selection file: ``experiments`` (folders), ``weights`` (one each, >= 0, normalised), ``threshold``
+    in [0, 1) and ``postprocess`` (``POSTPROCESS_STEPS``). Plain data only (``yaml.safe_load``: teams share
+    these files); anything else is one error naming the file and the entry."""
+    import yaml
+
+    try:
+        record = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise CarvanaError(f"{path}: unreadable selection file ({error})") from None
+    if not isinstance(record, dict):
+        raise CarvanaError(f"{path}: not a selection file (no mapping at its top)")
+    record = Record(Path(path), record)
+    experiments, weights, threshold, steps = (
+        record[key] for key in ("experiments", "weights", "threshold", "postprocess")
+    )
+    if not isinstance(experiments, list) or not all(isinstance(e, str) for e in experiments or [0]):
+        raise CarvanaError(f"{path}: experiments must be a list of folders")
+    numbers = isinstance(weights, list) and all(isinstance(w, int | float) for w in weights)
+    if not numbers or len(weights) != len(experiments) or min(weights) < 0 or sum(weights) <= 0:
+        raise CarvanaError(f"{path}: weights must be one number >= 0 per experiment, not all 0")
+    if not isinstance(threshold, int | float) or not 0 <= threshold < 1:
+        raise CarvanaError(f"{path}: threshold must be a number in [0, 1), got {threshold!r}")
+    if (
+        not isinstance(steps, dict)
+        or any(
+            not isinstance(steps.get(key), kind) or isinstance(steps.get(key), bool) != (kind is bool)
+            for key, kind in POSTPROCESS_STEPS.items()
+        )
+        or set(steps) != set(POSTPROCESS_STEPS)
+    ):
+        raise CarvanaError(f"{path}: postprocess must give exactly {', '.join(POSTPROCESS_STEPS)}")
+    return record
 
 
 def wandb_id(folder: str | Path) -> str:

@@ -47,13 +47,16 @@ def car_areas(samples: Sequence[Sample], cache_dir: str | Path | None = None) ->
     return dict(areas)
 
 
-def check_same_folds(sources: Sequence[Path], table: Mapping[str, int]) -> None:
+def check_same_folds(
+    sources: Sequence[Path], table: Mapping[str, int], what: str = "data.sources", other: str = "this run"
+) -> None:
     """Every source experiment's fold runs must use ``table``'s car -> fold split, else its out-of-fold maps
-    would leak into the second level."""
+    would leak into the second level, or an ensemble chosen on them would be scored on images some of its
+    members trained on. ``what`` names the setting in the errors, ``other`` where ``table`` comes from."""
     for source in sources:
         for fold in sorted(set(table.values())):
             path = runs.fold_dir(source, fold) / runs.FOLDS
             if not path.is_file():
-                raise CarvanaError(f"data.sources: {path} missing (train fold {fold} of {source} first)")
+                raise CarvanaError(f"{what}: {path} missing (train fold {fold} of {source} first)")
             if runs.read_folds(path) != dict(table):
-                raise CarvanaError(f"data.sources: {path} splits the cars differently from this run")
+                raise CarvanaError(f"{what}: {path} splits the cars differently from {other}")

@@ -150,6 +150,20 @@ def combined_mask(
     return combine(paths, weights, vote) > np.uint8(cutoff)
 
 
+def selection_weights(path: str | Path, count: int) -> tuple[float, ...]:
+    """The weights a selection file (``carvana select``) gives ``count`` input folders: one test prediction
+    folder per experiment of the file, in its order."""
+    record = runs.read_selection(path)
+    experiments = record["experiments"]
+    if len(experiments) != count:
+        names = ", ".join(Path(experiment).name for experiment in experiments)
+        raise CarvanaError(
+            f"{path} weighs {len(experiments)} experiments ({names}); give one prediction folder for each, "
+            f"in that order, not {count}"
+        )
+    return normalised_weights(record["weights"], count)
+
+
 def _combine(job: tuple[str, tuple[str, ...]], settings: Settings) -> str:
     """Combine one image's K maps and write the output map; returns the id."""
     out, fmt, weights, vote = settings
@@ -241,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", type=Path, nargs="+", help="input prediction folders")
     parser.add_argument("--weights", type=float, nargs="+", help="one per input, >= 0 (default: equal)")
     parser.add_argument("--vote", action="store_true", help="hard majority vote instead of the mean")
+    parser.add_argument("--selection", type=Path, help="the weights of a carvana select file (not --weights)")
     parser.add_argument("--workers", type=int, default=0, help="processes; 0 = one per CPU")
     parser.add_argument("--subset", action="store_true", help="only the images every input has")
     parser.add_argument(
@@ -249,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def action() -> str:
-        out = average(args.inputs, args.out, args.weights, args.vote, args.workers, args.subset, args.format)
+        weights = args.weights
+        if args.selection is not None:
+            if weights is not None or args.vote:
+                raise CarvanaError("--selection gives the weights: drop --weights and --vote")
+            weights = selection_weights(args.selection, len(args.inputs))
+        out = average(args.inputs, args.out, weights, args.vote, args.workers, args.subset, args.format)
         return f"{out}: ensemble of {len(args.inputs)} folders written"
 
     return run_command(action)

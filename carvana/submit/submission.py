@@ -38,6 +38,7 @@ from carvana.errors import (
 from carvana.files import atomic_path, temp_files
 from carvana.progress import track
 from carvana.submit import ensemble, rle
+from carvana.submit.postprocess import PostProcess
 from carvana.workers import available_cpus, pool
 
 log = logging.getLogger(__name__)
@@ -325,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     wrt.add_argument("pred_dir", type=Path, nargs="+", help="prediction folder(s); several are combined")
     wrt.add_argument("--sample", type=Path, required=True, help="sample_submission.csv (row order)")
     wrt.add_argument("--out", type=Path, required=True)
-    wrt.add_argument("--threshold", type=float, default=0.5)
+    wrt.add_argument("--threshold", type=float, help="mask = map > threshold (default 0.5)")
+    wrt.add_argument(
+        "--selection",
+        type=Path,
+        help="carvana select's file: its threshold and post-processing, and with several folders its weights",
+    )
     wrt.add_argument("--weights", type=float, nargs="+", help="one per prediction folder (default: equal)")
     wrt.add_argument("--vote", action="store_true", help="majority vote of the folders instead of the mean")
     wrt.add_argument("--subset", action="store_true", help="write only the rows that have a map")
@@ -342,16 +348,26 @@ def main(argv: list[str] | None = None) -> int:
         if (args.height is None) != (args.width is None):
             raise CarvanaError("--height and --width go together")
         shape = None if args.height is None else (args.height, args.width)
+        threshold, weights, postprocess = args.threshold, args.weights, None
+        if args.selection is not None:
+            if threshold is not None or weights is not None or args.vote:
+                raise CarvanaError("--selection sets these: drop --threshold, --weights, --vote")
+            record = runs.read_selection(args.selection)
+            threshold, steps = record["threshold"], PostProcess(**record["postprocess"])
+            postprocess = None if steps == PostProcess() else steps
+            if len(args.pred_dir) > 1:
+                weights = ensemble.selection_weights(args.selection, len(args.pred_dir))
         out = write(
             args.pred_dir,
             args.sample,
             args.out,
-            threshold=args.threshold,
+            threshold=0.5 if threshold is None else threshold,
+            postprocess=postprocess,
             subset=args.subset,
             workers=args.workers,
             compress=args.gzip,
             shape=shape,
-            weights=args.weights,
+            weights=weights,
             vote=args.vote,
         )
         return f"{out.name}: written"
