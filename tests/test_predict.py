@@ -15,6 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
+from carvana import runs
+from carvana.config import instantiate
 from carvana.data.geometry import Geometry
 from carvana.errors import CarvanaError
 from carvana.predict import checkpoints as prediction
@@ -22,6 +24,7 @@ from carvana.predict import inference as predicting
 from carvana.predict.prediction_module import PredictionModule
 from carvana.runs import read_map, write_map
 from carvana.submit import rle, submission
+from carvana.submit.postprocess import PostProcess
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -160,6 +163,36 @@ def test_checkpoint_sets_take_weights_and_share_one_geometry(trained_run, tmp_pa
         prediction.common_geometry(group)
     weighted = prediction.members(OmegaConf.create([{"path": str(a), "weight": 3}, str(c)]))
     assert [m.weight for m in weighted] == [0.75, 0.25]
+
+
+def test_ensemble_file_gives_checkpoints_weights_threshold_and_postprocess(trained_run, tmp_path):
+    """``ensemble=`` a carvana select file: each experiment's weight shared by its folds, one of weight 0
+    left out, its threshold and post-processing in the submission step."""
+    a0, a1 = (copy_run(trained_run, tmp_path / "a" / f"fold{k}") for k in (0, 1))
+    c0 = copy_run(trained_run, tmp_path / "c" / "fold0")
+    copy_run(trained_run, tmp_path / "unused" / "fold0")
+    steps = {"largest_component": True, "min_size": 0, "fill_holes": False}
+    selection = runs.write_selection(
+        tmp_path / runs.SELECTION,
+        {
+            "experiments": [str(tmp_path / name) for name in ("a", "c", "unused")],
+            "weights": [0.75, 0.25, 0.0],
+            "threshold": 0.3,
+            "postprocess": steps,
+        },
+    )
+    overrides = [f"ensemble={selection}", f"out_dir={tmp_path / 'pred'}", "trainer=cpu", "data.num_workers=0"]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("predict", [*overrides, "workers=1"])
+        twice = compose("predict", [*overrides, f"checkpoints={a0}"])
+    out = predicting.predict(cfg)
+    manifest = OmegaConf.load(out / "manifest.json")
+    assert manifest.checkpoints == [str(a0), str(a1), str(c0)] and manifest.weights == [0.375, 0.375, 0.25]
+    assert manifest.threshold == 0.3 and (out / "submission.csv").is_file()
+    step = instantiate(cfg.submission)
+    assert step.threshold == 0.3 and step.postprocess == PostProcess(**steps)
+    with pytest.raises(CarvanaError, match="drop checkpoints="):
+        predicting.predict(twice)
 
 
 def test_ddp_writes_every_image_exactly_once(trained_run, tmp_path):

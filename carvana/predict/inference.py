@@ -10,20 +10,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from carvana import runs
 from carvana.config import instantiate
 from carvana.data.datasets import test_maps
 from carvana.data.kaggle import test_samples
+from carvana.errors import CarvanaError
 from carvana.predict.checkpoints import data_root, describe, members
 from carvana.predict.map_writer import MapWriter
 from carvana.predict.prediction_module import PredictionModule, predict_missing, prediction_trainer
 from carvana.train.callbacks import Heartbeat
 
+POSTPROCESS_TARGET = "carvana.submit.postprocess.PostProcess"
+
+
+def use_selection(cfg: DictConfig) -> None:
+    """``ensemble=FILE``: ``checkpoints``, ``threshold`` and ``postprocess`` from a ``carvana select`` file.
+    Each experiment's weight is shared by its folds' best checkpoints; an experiment of weight 0 is left out.
+    """
+    path = Path(cfg.ensemble)
+    if not OmegaConf.is_missing(cfg, "checkpoints"):
+        raise CarvanaError(f"ensemble={path} names the checkpoints: drop checkpoints=")
+    record = runs.read_selection(path)
+    entries = []
+    for experiment, weight in zip(record["experiments"], record["weights"], strict=True):
+        folds = sorted(Path(experiment).glob(f"fold*/{runs.CHECKPOINTS}/{runs.BEST}"))
+        if weight > 0 and not folds:
+            raise CarvanaError(f"{path}: {experiment} has no fold*/{runs.CHECKPOINTS}/{runs.BEST}")
+        entries += [{"path": str(fold), "weight": weight / len(folds)} for fold in folds if weight > 0]
+    with open_dict(cfg):
+        cfg.checkpoints = entries
+        cfg.threshold = record["threshold"]
+        cfg.postprocess = {"_target_": POSTPROCESS_TARGET, **record["postprocess"]}
+
 
 def predict(cfg: DictConfig) -> Path:
     """Predict ``cfg.data`` test images with ``cfg.checkpoints`` into ``out_dir``; returns ``out_dir``."""
+    if cfg.get("ensemble"):
+        use_selection(cfg)
     group = members(cfg.checkpoints)
     root = Path(cfg.data.root) if cfg.data.root else data_root(group[0].config)
     out_dir = Path(cfg.out_dir or Path("predictions") / (cfg.name or runs.experiment_of(group[0].run_dir)))
