@@ -93,7 +93,8 @@ def reference_rows(folders: list[Path], ids: list[str]) -> list[str]:
 
 
 def breakdown(folders: list[Path], ids: list[str]) -> dict[str, float]:
-    """ms per image in one process: reading its K maps, reading and summing them, and the whole row."""
+    """ms per image in one process, OpenCV on one thread as in the pool's workers: reading its K maps,
+    reading and summing them, and the whole row."""
     paths = [[runs.map_path(folder, image_id) for folder in folders] for image_id in ids]
     stages: dict[str, Callable[[list[Path]], object]] = {
         "read": lambda group: [runs.read_map(path) for path in group],
@@ -101,16 +102,20 @@ def breakdown(folders: list[Path], ids: list[str]) -> dict[str, float]:
         "row": lambda group: rle.encode(ensemble.combined_mask(group, [1 / K] * K, False, 127)),
     }
     result = {}
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     for name, stage in stages.items():
         start = time.perf_counter()
         for group in paths:
             stage(group)
         result[name] = 1e3 * (time.perf_counter() - start) / len(paths)
+    cv2.setNumThreads(threads)
     return result
 
 
 def summing(paths: list[list[Path]]) -> dict[str, Callable[[], float]]:
-    """Images per second of reading and summing each image's K maps in one process: the project's
+    """Images per second of reading and summing each image's K maps in one process (OpenCV on one thread,
+    as in the pool's workers): the project's
     ``ensemble.total`` (maps read into kept buffers, added in pairs with OpenCV's 8u + 8u -> 16u add, each
     pair into a kept uint16 sum), against new arrays summed with numpy's casting uint16 += uint8 or with
     OpenCV's 8u-into-32f ``accumulate``."""
@@ -162,7 +167,13 @@ def run(settings: Settings) -> Case:
         },
         settings,
     )
-    sums = interleave(summing([[runs.map_path(f, i) for f in folders["zst"]] for i in ids[:48]]), settings)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as in the pool's workers (carvana.workers.pool), where the sums run
+    try:
+        groups = [[runs.map_path(folder, image_id) for folder in folders["zst"]] for image_id in ids[:48]]
+        sums = interleave(summing(groups), settings)
+    finally:
+        cv2.setNumThreads(threads)
     case = Case("ensemble", f"Ensemble: mean of K={K} 8-bit maps per image, threshold, RLE, submission rows")
     head = compare("vs reading the maps", "images/s", figures, mine, bound, 0.8)
     png = compare("vs the same from PNG maps", "images/s", figures, mine, old, 2.5)

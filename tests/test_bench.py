@@ -112,6 +112,7 @@ def test_gpu_measurement_runs_on_the_cpu():
     assert speed > 0 and peak is None
 
 
+@pytest.mark.slow  # ~65 s on a 2-core EPYC: two trainings, two scorings, the recipe through train.py
 def test_quality_smoke_trains_both_on_the_same_real_cars(tmp_path, shared_small512):
     """``bench.quality`` for 6 s each on 10 real cars (the step timing left out): both scored on the same
     fold-0 cars by one scorer."""

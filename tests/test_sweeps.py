@@ -157,6 +157,7 @@ def test_ddp_run_is_one_run_of_two_processes(tmp_path):
     assert json.loads(summary(log)["val/dice"])["max"] == pytest.approx(best(run))
 
 
+@pytest.mark.slow  # ~40 s: two 2-process DDP jobs; one DDP job and the multirun grid run by default
 def test_ddp_inside_a_multirun_runs_each_job_once(tmp_path):
     """Lightning's children rerun the command line: they must run their job, not the sweep again."""
     result = ok(sweep(tmp_path, "fold=0,1", "trainer=ddp_cpu", "logger=csv"))

@@ -42,8 +42,8 @@ def _equal_weights_table(count: int, vote: bool) -> np.ndarray:
 
 
 class _Buffers(threading.local):
-    """This thread's arrays, kept from image to image: a fresh 2.5-5 MB array costs more in page faults
-    than the add that fills it (a K=10 sum ran 4.5 ms with new arrays, ~1.4 ms with these)."""
+    """This thread's arrays, kept from image to image: a fresh 2.5-5 MB array can cost more in page faults
+    than the add that fills it (five new 8u + 8u -> 16u sums of 1918x1280 maps took 4.6 ms, one 0.13 ms)."""
 
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
