@@ -26,7 +26,7 @@ from bench.rle import kaggle_encode
 from carvana import runs
 from carvana.data.kaggle import read_mask
 from carvana.submit import ensemble, rle, submission
-from carvana.workers import available_cpus
+from carvana.workers import available_cpus, opencv_threads
 
 K = 10
 TEST_IMAGES = 100_064
@@ -102,14 +102,12 @@ def breakdown(folders: list[Path], ids: list[str]) -> dict[str, float]:
         "row": lambda group: rle.encode(ensemble.combined_mask(group, [1 / K] * K, False, 127)),
     }
     result = {}
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    for name, stage in stages.items():
-        start = time.perf_counter()
-        for group in paths:
-            stage(group)
-        result[name] = 1e3 * (time.perf_counter() - start) / len(paths)
-    cv2.setNumThreads(threads)
+    with opencv_threads(1):
+        for name, stage in stages.items():
+            start = time.perf_counter()
+            for group in paths:
+                stage(group)
+            result[name] = 1e3 * (time.perf_counter() - start) / len(paths)
     return result
 
 
@@ -167,13 +165,9 @@ def run(settings: Settings) -> Case:
         },
         settings,
     )
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # as in the pool's workers (carvana.workers.pool), where the sums run
-    try:
-        groups = [[runs.map_path(folder, image_id) for folder in folders["zst"]] for image_id in ids[:48]]
+    groups = [[runs.map_path(folder, image_id) for folder in folders["zst"]] for image_id in ids[:48]]
+    with opencv_threads(1):  # as in the pool's workers (carvana.workers.pool), where the sums run
         sums = interleave(summing(groups), settings)
-    finally:
-        cv2.setNumThreads(threads)
     case = Case("ensemble", f"Ensemble: mean of K={K} 8-bit maps per image, threshold, RLE, submission rows")
     head = compare("vs reading the maps", "images/s", figures, mine, bound, 0.8)
     png = compare("vs the same from PNG maps", "images/s", figures, mine, old, 2.5)

@@ -218,14 +218,7 @@ def read_selection(path: str | Path) -> Record:
         raise CarvanaError(f"{path}: weights must be one number >= 0 per experiment, not all 0")
     if not isinstance(threshold, int | float) or not 0 <= threshold < 1:
         raise CarvanaError(f"{path}: threshold must be a number in [0, 1), got {threshold!r}")
-    if (
-        not isinstance(steps, dict)
-        or any(
-            not isinstance(steps.get(key), kind) or isinstance(steps.get(key), bool) != (kind is bool)
-            for key, kind in POSTPROCESS_STEPS.items()
-        )
-        or set(steps) != set(POSTPROCESS_STEPS)
-    ):
+    if not isinstance(steps, dict) or {key: type(value) for key, value in steps.items()} != POSTPROCESS_STEPS:
         raise CarvanaError(f"{path}: postprocess must give exactly {', '.join(POSTPROCESS_STEPS)}")
     return record
 

@@ -41,6 +41,17 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
 
 
 @contextlib.contextmanager
+def opencv_threads(count: int) -> Iterator[None]:
+    """OpenCV's thread count set to ``count`` in this process for the block, then given back."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
+@contextlib.contextmanager
 def pool(
     workers: int, initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = ()
 ) -> Iterator[Pool]:
@@ -49,13 +60,8 @@ def pool(
     ensemble ran 1.5x slower per process in a pool of 2 than alone, bench/results.md). This process runs
     OpenCV on one thread too while the pool lives: forked workers inherit the setting, and changing it in
     a forked worker, once this process has started OpenCV's threads, hangs."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        with multiprocessing.Pool(workers, _start_worker, (initializer, initargs)) as processes:
-            yield processes
-    finally:
-        cv2.setNumThreads(threads)
+    with opencv_threads(1), multiprocessing.Pool(workers, _start_worker, (initializer, initargs)) as procs:
+        yield procs
 
 
 def imap_unordered(func: Callable[[T], R], items: Sequence[T], workers: int = 0) -> Iterator[R]:

@@ -13,8 +13,8 @@ the pooled mean per-image Dice, as nnU-Net chooses its own post-processing from 
 The result is a selection file (``carvana.runs.write_selection``) that ``carvana ensemble --selection`` and
 ``carvana submission write --selection`` read. Memory: the maps are streamed, one image's K maps and mask
 per worker process at a time (K x H x W bytes, plus an int32 sum and two histograms), whatever the image
-count. Each pass reads every map once: ``steps`` passes for the weights, one for the threshold, one for the
-post-processing.
+count. Each pass reads every map once: ``steps`` passes for the weights, one for the plain mean at every
+cutoff (a second only when the selected weights are unequal), one for the post-processing.
 
     carvana select outputs/selection.yaml outputs/linknet34 outputs/unet11
 """
@@ -42,6 +42,7 @@ from carvana.progress import track
 from carvana.submit.postprocess import PostProcess
 from carvana.workers import imap_unordered
 
+STEPS = tuple(runs.POSTPROCESS_STEPS)  # the order a step is tried in
 CUTOFF = 127  # threshold 0.5: mask = mean map > 127, as carvana.submit.submission cuts it
 # (true mask GIF, each experiment's OOF map)
 Job = tuple[str, tuple[str, ...]]
@@ -132,10 +133,9 @@ def _pooled(
 
 def _steps(min_size: int) -> dict[tuple[str, ...], PostProcess]:
     """Every combination of the three post-processing steps, by the names of those switched on."""
-    names = ("largest_component", "min_size", "fill_holes")
     combos = {}
-    for on in itertools.product((False, True), repeat=len(names)):
-        chosen = tuple(name for name, flag in zip(names, on, strict=True) if flag)
+    for on in itertools.product((False, True), repeat=len(STEPS)):
+        chosen = tuple(name for name, flag in zip(STEPS, on, strict=True) if flag)
         combos[chosen] = PostProcess(on[0], min_size if on[1] else 0, on[2])
     return combos
 
@@ -167,10 +167,15 @@ def select(
         counts[pick] += 1
         best = float(scores[pick])
     assert singles is not None
-    plain = float(_pooled(_cutoffs, jobs, workers, "plain mean", counts=(1,) * len(counts))[CUTOFF])
+    # One pass scores the plain mean at every cutoff; it is the threshold pass too when the plain mean wins,
+    # or when the selection's counts are equal (the same mean).
+    plain_curve = _pooled(_cutoffs, jobs, workers, "plain mean and threshold", counts=(1,) * len(counts))
+    plain = float(plain_curve[CUTOFF])
     if plain > best:
         counts, best = [1] * len(counts), plain
-    curve = _pooled(_cutoffs, jobs, workers, "threshold", counts=tuple(counts))
+    curve = plain_curve
+    if len(set(counts)) > 1:
+        curve = _pooled(_cutoffs, jobs, workers, "threshold", counts=tuple(counts))
     cutoff = int(np.argmax(curve)) if curve.max() > curve[CUTOFF] else CUTOFF
     combos = _steps(min_size)
     scored = dict(
@@ -189,8 +194,8 @@ def select(
         )
     )
     kept: tuple[str, ...] = ()
-    for name in ("largest_component", "min_size", "fill_holes"):
-        trial = tuple(n for n in ("largest_component", "min_size", "fill_holes") if n in kept or n == name)
+    for name in STEPS:
+        trial = tuple(n for n in STEPS if n in kept or n == name)
         if scored[trial] > scored[kept]:
             kept = trial
     chosen = combos[kept]

@@ -143,6 +143,9 @@ def combined_mask(
     """``combine(paths, weights, vote) > cutoff``, without the mean map where the weights are equal: the
     rounded mean of K maps exceeds c exactly when their sum reaches ceil(K (2c + 1) / 2). The mask is this
     thread's buffer, overwritten by its next call (a submission encodes it at once)."""
+    if len(paths) == 1 and not vote:  # one pass: the map itself is the mean
+        prob = _buffers.read(paths[0], "a", None, paths[0])
+        return np.greater(prob, np.uint8(cutoff), out=_buffers.get("mask", prob.shape, np.bool_))
     if len(set(weights)) == 1 and not vote:
         sums = total(paths)
         mask = _buffers.get("mask", sums.shape, np.bool_)
