@@ -54,6 +54,7 @@ PREFIXES: dict[str, tuple[str, ...] | None] = {
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher": ("hydra.plugins.launcher.Launcher",),
     "carvana.data.datamodule": None,
     "carvana.data.geometry": None,
+    "carvana.data.focus": None,
     "carvana.models": None,
     "carvana.train.segmentation_module": None,
     "carvana.train.losses": None,

@@ -16,7 +16,8 @@ from carvana import runs
 from carvana.data import folds
 from carvana.data import synthetic as synthetic_set
 from carvana.data.check import require_names
-from carvana.data.datasets import CarvanaDataset, StackedDataset, oof_maps
+from carvana.data.datasets import CarvanaDataset, FocusDataset, StackedDataset, oof_maps
+from carvana.data.focus import Focus
 from carvana.data.geometry import Geometry
 from carvana.data.kaggle import Sample, train_samples
 from carvana.data.sampling import EpochOrder, OrderedLoader
@@ -43,6 +44,9 @@ class CarvanaDataModule(pl.LightningDataModule):
             fold trains on all of them and validates on none.
         sources: first-level experiment folders such as ``outputs/linknet34``; they make this the second
             level, each image stacked with their out-of-fold maps.
+        focus: a second stage (``carvana.data.focus``: ``Box`` or ``Contour``) on the out-of-fold maps of
+            the one experiment in ``sources``, its first stage; it trains and validates on windows of
+            ``geometry.crop`` (``geometry.mode=crop``).
         batch_size: training images per step.
         val_batch_size: validation images per step; None = ``batch_size``.
         num_workers: DataLoader worker processes.
@@ -63,6 +67,7 @@ class CarvanaDataModule(pl.LightningDataModule):
         synthetic: Mapping[str, int] | None = None,
         pseudo_root: str | None = None,
         sources: Sequence[str] | None = None,
+        focus: Focus | None = None,
         batch_size: int = 4,
         val_batch_size: int | None = None,
         num_workers: int = 2,
@@ -81,6 +86,12 @@ class CarvanaDataModule(pl.LightningDataModule):
         self.images_dir = images_dir
         self.pseudo_root = Path(pseudo_root) if pseudo_root else None
         self.sources = [Path(source) for source in sources or []]
+        self.focus = focus
+        if focus is not None and (len(self.sources) != 1 or geometry.mode != "crop"):
+            raise CarvanaError(
+                "data.focus: needs the first stage's experiment folder as the one data.sources entry, "
+                "and data.geometry.mode=crop (its windows are data.geometry.crop)"
+            )
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -133,8 +144,15 @@ class CarvanaDataModule(pl.LightningDataModule):
             if self.pseudo_root:
                 raise CarvanaError("data.sources: the second level has no maps for data.pseudo_root images")
             folds.check_same_folds(self.sources, table)
-            self.train_set = StackedDataset(train, oof_maps(self.sources, train, table), train_transform)
-            val_maps = oof_maps(self.sources, val, table)
+            train_maps, val_maps = oof_maps(self.sources, train, table), oof_maps(self.sources, val, table)
+        if self.focus is not None:
+            size = self.geometry.crop
+            first = [maps[0] for maps in train_maps]
+            self.train_set = FocusDataset(train, first, self.focus, size, train_transform)
+            first = [maps[0] for maps in val_maps]
+            self.val_set = FocusDataset(val, first, self.focus, size, A.Compose([]))
+        elif self.sources:
+            self.train_set = StackedDataset(train, train_maps, train_transform)
             self.val_set = StackedDataset(val, val_maps, eval_transform, transform_mask=False)
         else:
             self.train_set = CarvanaDataset(train, train_transform)

@@ -1,8 +1,10 @@
-"""Datasets of the Kaggle layout: uint8 images and masks as tensors, and the second level's stacked maps.
+"""Datasets of the Kaggle layout: uint8 images and masks as tensors, the second level's stacked maps, and
+the windows a second stage trains on.
 
 Images stay uint8 until the device (``carvana.models.NetworkInput`` normalises them there). The second level
 stacks each image with K first-level probability maps: out-of-fold maps for training (each from the run of
-the image's own fold, which never saw its car), test predictions at test time.
+the image's own fold, which never saw its car), test predictions at test time. A second stage
+(``carvana.data.focus``) trains on windows its first stage's out-of-fold map places.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch.utils.data import Dataset
 
 from carvana import runs
 from carvana.data.buffers import reuse_freed_buffers
+from carvana.data.focus import Focus
 from carvana.data.kaggle import Sample, read_image, read_mask
 from carvana.errors import check_files, check_shape
 
@@ -49,12 +52,14 @@ class CarvanaDataset(Dataset):
             self.transform.set_random_seed(draw)
         sample = self.samples[index]
         image = self.load_image(index)
-        item: dict = {"id": sample.image_id, "height": image.shape[0], "width": image.shape[1]}
         if sample.mask is None:
+            item = {"id": sample.image_id, "height": image.shape[0], "width": image.shape[1]}
             item["image"] = torch.from_numpy(self.transform(image=image)["image"])
             return item
         mask = read_mask(sample.mask)
         check_shape(sample.image_id, sample.mask, mask.shape, image.shape, f"the size of {sample.image}")
+        image, mask = self.select(index, draw, image, mask)
+        item = {"id": sample.image_id, "height": image.shape[0], "width": image.shape[1]}
         if self.transform_mask:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
@@ -63,6 +68,12 @@ class CarvanaDataset(Dataset):
         item["image"] = torch.from_numpy(np.ascontiguousarray(image))
         item["mask"] = torch.from_numpy(np.ascontiguousarray(mask))[None]
         return item
+
+    def select(
+        self, index: int, draw: int | None, image: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The part of a training pair the network sees: all of it, but in ``FocusDataset``."""
+        return image, mask
 
 
 class StackedDataset(CarvanaDataset):
@@ -85,6 +96,34 @@ class StackedDataset(CarvanaDataset):
         for path, prob in zip(self.maps[index], probs, strict=True):
             check_shape(sample.image_id, path, prob.shape, image.shape, f"the size of {sample.image}")
         return np.dstack([image, *probs])
+
+
+class FocusDataset(StackedDataset):
+    """Windows of the training pairs where ``focus`` looks on each image's coarse (first-stage) map: a random
+    one per draw in training, and a fixed one per image (seeded by its index) for validation.
+
+    The map is channel 4 of the stacked image; it stays an input channel only where the focus feeds it to
+    the network (``Contour``).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        coarse: Sequence[Path],
+        focus: Focus,
+        size: tuple[int, int],
+        transform: A.Compose,
+    ):
+        super().__init__(samples, [[path] for path in coarse], transform, transform_mask=True)
+        self.focus, self.size = focus, tuple(size)
+
+    def select(
+        self, index: int, draw: int | None, image: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(index if draw is None else draw)
+        top, left, height, width = self.focus.train_window(image[..., 3], self.size, rng)
+        window = np.s_[top : top + height, left : left + width]
+        return image[window][..., : self.focus.channels], mask[window]
 
 
 class _MapFinder:

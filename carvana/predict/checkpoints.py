@@ -18,6 +18,7 @@ from torch import nn
 from carvana import runs
 from carvana.config import build_model, instantiate, load_run_config
 from carvana.data import synthetic
+from carvana.data.focus import Focus
 from carvana.data.geometry import Geometry
 from carvana.errors import CarvanaError, normalised_weights
 
@@ -39,6 +40,12 @@ class Member:
     @property
     def geometry(self) -> Geometry:
         return instantiate(self.config.data.geometry)
+
+    @property
+    def focus_config(self) -> dict | None:
+        """The run's ``data.focus`` as plain data: None for a whole-image model."""
+        focus = self.config.data.get("focus")
+        return None if focus is None else OmegaConf.to_container(focus, resolve=True)
 
 
 def data_root(config: DictConfig) -> Path:
@@ -110,6 +117,18 @@ def common_geometry(group: Sequence[Member]) -> Geometry:
     return first.geometry
 
 
+def common_focus(group: Sequence[Member]) -> Focus | None:
+    """The second-stage focus all members share (None for whole-image models); mixing them is an error."""
+    first = group[0]
+    for member in group[1:]:
+        if member.focus_config != first.focus_config:
+            raise CarvanaError(
+                f"{member.checkpoint} has data.focus {member.focus_config}, {first.checkpoint} "
+                f"{first.focus_config}: predict them separately, then combine the folders (carvana ensemble)"
+            )
+    return None if first.focus_config is None else instantiate(first.config.data.focus)
+
+
 def load_network(member: Member) -> nn.Module:
     """The member's network, built from its run's ``model`` node with ``encoder_weights=null``."""
     model = OmegaConf.to_container(member.config.model, resolve=True)
@@ -134,4 +153,5 @@ def describe(group: Sequence[Member], hflip: bool, stage: str) -> dict:
         "weights": [member.weight for member in group],
         "tta": {"hflip": hflip},
         "geometry": eval_geometry(geometry),
+        **({"focus": group[0].focus_config} if group[0].focus_config else {}),
     }

@@ -45,10 +45,26 @@ def use_selection(cfg: DictConfig) -> None:
         cfg.postprocess = {"_target_": POSTPROCESS_TARGET, **record["postprocess"]}
 
 
+def predict_first_stage(cfg: DictConfig) -> None:
+    """``first_stage=GLOB``: its checkpoints' test maps first (continued when already there), in the folder
+    a plain run of them writes, then read as the second stage's one ``data.sources`` entry."""
+    first = cfg.copy()
+    with open_dict(first):
+        first.checkpoints, first.first_stage, first.ensemble = cfg.first_stage, None, None
+        first.name = first.out_dir = first.submission = first.pseudo = None
+        first.data.sources = None
+    out_dir = predict(first)
+    with open_dict(cfg):
+        cfg.data.sources = [str(out_dir)]
+        cfg.first_stage = None
+
+
 def predict(cfg: DictConfig) -> Path:
     """Predict ``cfg.data`` test images with ``cfg.checkpoints`` into ``out_dir``; returns ``out_dir``."""
     if cfg.get("ensemble"):
         use_selection(cfg)
+    if cfg.get("first_stage"):
+        predict_first_stage(cfg)
     group = members(cfg.checkpoints)
     root = Path(cfg.data.root) if cfg.data.root else data_root(group[0].config)
     out_dir = Path(cfg.out_dir or Path("predictions") / (cfg.name or runs.experiment_of(group[0].run_dir)))

@@ -1,5 +1,6 @@
-"""The prediction model: networks of one geometry averaged as probabilities, with hflip TTA, and the loop
-that predicts only the images still missing from a prediction folder.
+"""The prediction model: networks of one geometry averaged as probabilities, with hflip TTA, on whole
+images or on the windows a second stage's focus places (``carvana.data.focus``), and the loop that predicts
+only the images still missing from a prediction folder.
 
 ``prediction_trainer`` builds its ``pl.Trainer`` from the ``trainer`` config group (``carvana.config``), the
 same settings as training, so DDP, precision and devices are chosen in one place.
@@ -16,6 +17,7 @@ from typing import Any
 import albumentations as A
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
@@ -25,11 +27,12 @@ from carvana import runs
 from carvana.config import build_trainer
 from carvana.data.buffers import unmap_large_buffers
 from carvana.data.datasets import CarvanaDataset, StackedDataset
+from carvana.data.focus import Focus
 from carvana.data.geometry import Geometry
 from carvana.data.kaggle import Sample
 from carvana.errors import normalised_weights
 from carvana.models import NetworkInput
-from carvana.predict.checkpoints import Member, common_geometry, load_network
+from carvana.predict.checkpoints import Member, common_focus, common_geometry, load_network
 from carvana.predict.map_writer import MapWriter
 from carvana.progress import Lines, is_terminal
 
@@ -49,6 +52,10 @@ class PredictionModule(pl.LightningModule):
         std: per-channel input standard deviation, likewise.
         weights: one per network, normalised to sum 1; None weighs them equally.
         hflip: average each image with its mirror.
+        focus: a second stage's: each image arrives stacked with its first stage's map (channel 4), the
+            networks predict the windows the focus places on it (``geometry.crop`` sized where the focus
+            sizes them), and the focus blends them into the image's map.
+        window_batch: windows per forward pass.
     """
 
     def __init__(
@@ -59,6 +66,8 @@ class PredictionModule(pl.LightningModule):
         std: Sequence[float],
         weights: Sequence[float] | None = None,
         hflip: bool = True,
+        focus: Focus | None = None,
+        window_batch: int = 8,
     ):
         super().__init__()
         if not nets:
@@ -66,6 +75,7 @@ class PredictionModule(pl.LightningModule):
         self.nets = nn.ModuleList(nets)
         self.weights = list(normalised_weights(weights, len(nets), "networks"))
         self.geometry, self.hflip = geometry, hflip
+        self.focus, self.window_batch = focus, window_batch
         self.network_input = NetworkInput(mean, std)
 
     @classmethod
@@ -80,6 +90,7 @@ class PredictionModule(pl.LightningModule):
             list(module.std),
             [member.weight for member in group],
             hflip,
+            common_focus(group),
         )
 
     @override
@@ -88,9 +99,14 @@ class PredictionModule(pl.LightningModule):
 
         The flipped copy is a second pass of N rather than joining the batch: concatenating copied the whole
         float input, and one pass of 2N was slower than two of N (bench/results.md, prediction) and holds
-        twice the activations. Sigmoid comes before any averaging; it and the sums run in place.
+        twice the activations. Sigmoid comes before any averaging; it and the sums run in place. A side
+        that is not a multiple of ``geometry.divisor`` (a focus window) is reflect-padded, then cropped back.
         """
         x = self.network_input(image)
+        height, width = x.shape[-2:]
+        pad_height, pad_width = -height % self.geometry.divisor, -width % self.geometry.divisor
+        if pad_height or pad_width:
+            x = F.pad(x, (0, pad_width, 0, pad_height), mode="reflect")
         flipped = x.flip(-1) if self.hflip else None
         total: torch.Tensor | None = None
         for net, weight in zip(self.nets, self.weights, strict=True):
@@ -99,12 +115,30 @@ class PredictionModule(pl.LightningModule):
                 prob.add_(net(flipped).float().sigmoid_().flip(-1)).div_(2)
             total = prob.mul_(weight) if total is None else total.add_(prob, alpha=weight)
         assert total is not None, "the constructor requires at least one network"
-        return total
+        return total[..., :height, :width]
+
+    def focused(self, image: torch.Tensor) -> torch.Tensor:
+        """float32 (H, W) probabilities of one uint8 (H, W, 3 + 1) image stacked with its first stage's map:
+        the focus's windows predicted, ``window_batch`` at a time, and blended."""
+        assert self.focus is not None
+        coarse = image[..., 3]
+        windows = self.focus.windows(coarse.cpu().numpy(), self.geometry.crop)
+        crops = [image[t : t + h, x : x + w, : self.focus.channels] for t, x, h, w in windows]
+        probs: list[torch.Tensor] = []
+        for start in range(0, len(crops), self.window_batch):
+            probs += self(torch.stack(crops[start : start + self.window_batch]))[:, 0].unbind()
+        return self.focus.blend(coarse, windows, probs)
 
     @override
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        probs = self(batch["image"])
         sizes = zip(batch["height"].tolist(), batch["width"].tolist(), strict=True)
+        if self.focus is not None:
+            maps = [
+                self.focused(image[:height, :width]).mul_(255).round_().to(torch.uint8)
+                for image, (height, width) in zip(batch["image"], sizes, strict=True)
+            ]
+            return {"id": list(batch["id"]), "prob": maps}
+        probs = self(batch["image"])
         maps = [
             self.geometry.restore(prob[None], height, width)[0, 0]
             .mul(255)
