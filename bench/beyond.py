@@ -55,8 +55,11 @@ def folder_minutes(experiment: Path) -> float:
 class Stages:
     """The stage runs of one ``--out`` folder, each timed once, its minutes kept in ``beyond_times.json``."""
 
-    def __init__(self, out: Path, root: str):
+    def __init__(self, out: Path, root: str, val_fraction: float = 1.0):
         self.out, self.root = out, root
+        # the recipe validates once, at the end of its budget, and keeps that checkpoint whatever it scores:
+        # a fraction of the validation cars is enough for val/dice, and the OOF pass scores them all
+        self.validation = [] if val_fraction == 1 else [f"+trainer.limit_val_batches={val_fraction}"]
         self.times_path = out / TIMES
         self.minutes: dict[str, float] = (
             json.loads(self.times_path.read_text()) if self.times_path.is_file() else {}
@@ -69,7 +72,7 @@ class Stages:
             command = [
                 sys.executable, "train.py", "-m", f"name={name}", f"paths.output_root={self.out}",
                 f"data.root={self.root}", f"trainer.max_time.minutes={minutes}", "logger=csv",
-                f"fold={','.join(map(str, range(FOLDS)))}", *overrides,
+                f"fold={','.join(map(str, range(FOLDS)))}", *self.validation, *overrides,
             ]  # fmt: skip
             self.timed(name, lambda: subprocess.run(command, check=True, cwd=REPO))
         self.minutes.setdefault(name, folder_minutes(experiment))
@@ -90,9 +93,10 @@ def run(
     second: float,
     second_stages: Sequence[str] = SECOND,
     prefix: str = "first_",
+    val_fraction: float = 1.0,
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(out, str(Path(root).resolve()))
+    stages = Stages(out, str(Path(root).resolve()), val_fraction)
     recipe = ["+experiment=cpu_small512"]
     first = [stages.train(f"{prefix}{model}", minutes, *recipe, f"model={model}") for model in FIRST]
 
@@ -199,13 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--second", default=",".join(SECOND), help=f"second stages to run, of {', '.join(SECOND)}"
     )
+    parser.add_argument(
+        "--val-fraction", type=float, default=1.0, help="of the validation batches, for the in-fit val/dice"
+    )
     parser.add_argument("--prefix", default="first_", help="the first-level experiments' folder prefix")
     parser.add_argument("--table", type=Path, help="also write the markdown table here (bench/beyond.md)")
     args = parser.parse_args(argv)
     second = [name.strip() for name in args.second.split(",") if name.strip()]
     if set(second) - set(SECOND):
         parser.error(f"--second: of {', '.join(SECOND)}")
-    result = run(args.out.resolve(), args.root, args.minutes, args.second_minutes, second, args.prefix)
+    minutes = (args.minutes, args.second_minutes)
+    result = run(args.out.resolve(), args.root, *minutes, second, args.prefix, args.val_fraction)
     text = markdown(result)
     (args.out / "beyond.json").write_text(json.dumps(result, indent=2))
     (args.out / "beyond.md").write_text(text)

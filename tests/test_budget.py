@@ -75,13 +75,16 @@ class RawWeights(pl.Callback):
         self.steps.append(next(pl_module.net.parameters()).detach().clone())
 
 
-def test_ema_leaves_the_average_of_the_steps_after_its_start(tmp_path, data_root):
-    decay, raw = 0.8, RawWeights()
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_leaves_the_average_of_the_steps_after_its_start(tmp_path, data_root, warmup):
+    decay, raw = 0.3, RawWeights()
     cfg = train_config(tmp_path, data_root, "trainer.max_epochs=1")
-    runner = fit(cfg, raw, EMA(decay=decay, start=0.5), limit_train_batches=8, limit_val_batches=0)
+    ema = EMA(decay=decay, start=0.5, warmup=warmup)
+    runner = fit(cfg, raw, ema, limit_train_batches=8, limit_val_batches=0)
     average = raw.steps[3].clone()  # the first update, after 4 of the 8 steps, copies the weights
-    for weights in raw.steps[4:]:
-        average = decay * average + (1 - decay) * weights
+    for n, weights in enumerate(raw.steps[4:], start=1):
+        weight = min(decay, (1 + n) / (10 + n)) if warmup else decay  # 0.18, 0.25, 0.3, 0.3 with warm-up
+        average = weight * average + (1 - weight) * weights
     trained = next(runner.lightning_module.net.parameters()).detach()
     assert torch.allclose(trained, average, atol=1e-6)
     assert not torch.allclose(trained, raw.steps[-1])

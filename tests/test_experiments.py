@@ -29,6 +29,8 @@ CHOICES = {
     "petrosgk_unet": {"model": "unet", "optimizer": "rmsprop", "loss": "bce_dice"},
     "zoo_folds5": {"loss": "bce_dice_80tflops"},
     "optuna_lr_loss": {"hydra/sweeper": "optuna", "hydra/sweeper/sampler": "tpe"},
+    "two_stage": {"model": "linknet34", "aug": "hflip"},
+    "contour": {"model": "refine_unet", "aug": "hflip"},
 }
 
 
