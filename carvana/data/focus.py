@@ -37,6 +37,13 @@ def _start(centre: float, size: int, limit: int) -> int:
     return int(min(max(round(centre - size / 2), 0), limit - size))
 
 
+def _check_fits(size: tuple[int, int], shape: tuple[int, ...]) -> tuple[int, int]:
+    """``size`` as ints; a window larger than the image is a config error."""
+    if size[0] > shape[0] or size[1] > shape[1]:
+        raise CarvanaError(f"data.geometry.crop={list(size)}: larger than a {shape[0]}x{shape[1]} image")
+    return int(size[0]), int(size[1])
+
+
 class Box:
     """The padded bounding box of the coarse mask.
 
@@ -73,14 +80,14 @@ class Box:
         crop_height, crop_width = _check_fits(size, coarse.shape)
         top, left, box_height, box_width = self.box(coarse)
         starts = []
-        for start, extent, size, limit in (
+        for start, extent, span, limit in (
             (top, box_height, crop_height, height),
             (left, box_width, crop_width, width),
         ):
-            if extent <= size:
-                starts.append(_start(start + extent / 2, size, limit))
+            if extent <= span:
+                starts.append(_start(start + extent / 2, span, limit))
             else:
-                starts.append(int(rng.integers(start, start + extent - size + 1)))
+                starts.append(int(rng.integers(start, start + extent - span + 1)))
         return starts[0], starts[1], crop_height, crop_width
 
     def blend(self, coarse: torch.Tensor, windows: list[Window], probs: list[torch.Tensor]) -> torch.Tensor:
@@ -89,12 +96,6 @@ class Box:
         for (top, left, height, width), prob in zip(windows, probs, strict=True):
             out[top : top + height, left : left + width] = prob
         return out
-
-
-def _check_fits(size: tuple[int, int], shape: tuple[int, ...]) -> tuple[int, int]:
-    if size[0] > shape[0] or size[1] > shape[1]:
-        raise CarvanaError(f"data.geometry.crop={list(size)}: larger than a {shape[0]}x{shape[1]} image")
-    return int(size[0]), int(size[1])
 
 
 class Contour:
