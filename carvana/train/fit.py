@@ -98,7 +98,9 @@ def train(cfg: DictConfig) -> float | None:
         if trainer.is_global_zero:
             best = f"{float(score):.4f}" if score is not None else "n/a"
             line = f"{cfg.name} fold {cfg.fold}: best val/dice {best}"
-            lines = [line + (f", OOF Dice {oof:.4f} (hflip)" if oof is not None else "")]
+            if oof is not None:
+                line += f", OOF Dice {oof:.4f} ({'hflip' if cfg.oof.get('hflip', True) else 'no TTA'})"
+            lines = [line]
             lines += [f"  {key:<11}{value}" for key, value in report.items() if value]
             print("\n".join(lines))
     return float(score) if score is not None else None
