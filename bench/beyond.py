@@ -26,8 +26,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from bench import report
 from carvana import runs
 from carvana.evaluate.selection import select
@@ -149,7 +147,7 @@ def run(
     ]
     return {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{report.cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads",
+        "machine": f"{report.cpu_model()}, {os.cpu_count()} CPUs",  # the stages train with torch's default
         "root": root,
         "images": record["images"],
         "minutes_per_fold": {"first": minutes, "second": second},
