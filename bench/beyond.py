@@ -9,7 +9,7 @@ threshold, post-processing), then the second stages on every fold (``--second``,
 two-stage crop and the contour refinement on the best single experiment's maps, the second-level refiner on
 both experiments' maps. Every training stage gets the same per-fold wall-time budget (``trainer.max_time``;
 the first level ``--minutes``, the second stages ``--second-minutes``), and its folds' OOF pass comes after it
-(hflip TTA, but for the two-stage crop: see ``run``).
+(hflip TTA, but for the two-stage crop and the contour refinement: see ``run``).
 Writes ``beyond.md`` and ``beyond.json`` into ``--out`` (and ``--table`` when given): each row's pooled OOF
 Dice over the same images, its gain over the best single experiment, and the wall time it adds.
 """
@@ -117,9 +117,10 @@ def run(
             f"stage 1 {best.name}; stage 2 LinkNet-18 on 256 px crops at 512, no TTA",
         ),
         "contour": (
+            # about 30 patches an image, together about a full-resolution refine_unet pass: no TTA either
             ["+experiment=[cpu_small512,contour]", f"data.sources=[{best}]", "data.geometry.crop=[64,64]",
-             "data.batch_size=32"],
-            f"on {best.name}; refine_unet on 64 px patches",
+             "data.batch_size=32", "oof.hflip=false"],
+            f"on {best.name}; refine_unet on 64 px patches, no TTA",
         ),
         "refine": (
             ["+experiment=[cpu_small512,refine]", f"data.sources=[{both}]", "data.geometry.mode=pad",
