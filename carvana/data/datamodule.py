@@ -147,10 +147,8 @@ class CarvanaDataModule(pl.LightningDataModule):
             train_maps, val_maps = oof_maps(self.sources, train, table), oof_maps(self.sources, val, table)
         if self.focus is not None:
             size = self.geometry.crop
-            first = [maps[0] for maps in train_maps]
-            self.train_set = FocusDataset(train, first, self.focus, size, train_transform)
-            first = [maps[0] for maps in val_maps]
-            self.val_set = FocusDataset(val, first, self.focus, size, A.Compose([]))
+            self.train_set = FocusDataset(train, train_maps, self.focus, size, train_transform)
+            self.val_set = FocusDataset(val, val_maps, self.focus, size, A.Compose([]))
         elif self.sources:
             self.train_set = StackedDataset(train, train_maps, train_transform)
             self.val_set = StackedDataset(val, val_maps, eval_transform, transform_mask=False)

@@ -102,19 +102,20 @@ class FocusDataset(StackedDataset):
     """Windows of the training pairs where ``focus`` looks on each image's coarse (first-stage) map: a random
     one per draw in training, and a fixed one per image (seeded by its index) for validation.
 
-    The map is channel 4 of the stacked image; it stays an input channel only where the focus feeds it to
+    ``maps`` holds each sample's one first-stage map (``oof_maps`` of one source). The map is channel 4 of
+    the stacked image; it stays an input channel only where the focus feeds it to
     the network (``Contour``).
     """
 
     def __init__(
         self,
         samples: Sequence[Sample],
-        coarse: Sequence[Path],
+        maps: Sequence[Sequence[Path]],
         focus: Focus,
         size: tuple[int, int],
         transform: A.Compose,
     ):
-        super().__init__(samples, [[path] for path in coarse], transform, transform_mask=True)
+        super().__init__(samples, maps, transform, transform_mask=True)
         self.focus, self.size = focus, tuple(size)
 
     def select(
